@@ -1,0 +1,460 @@
+//! The `Barrel` actor: owns one barrel's redb store, commits writes in groups on a dedicated
+//! writer thread, and publishes a [`DocumentChanged`] after every commit.
+//!
+//! **Group commit**: writes that arrive while a commit is in flight queue up in a bounded
+//! channel and go into the next transaction together, so N concurrent writers cost about one
+//! fsync. A write is acknowledged only after its `Durability::Immediate` commit returned.
+//! **Reads** go straight to the store through a [`BarrelHandle`] on read transactions, from
+//! the caller's thread: they never wait for the writer or for the actor's mailbox.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use actix::{
+    Actor, Addr, ArbiterHandle, Context, Handler, Message, ResponseFuture, Supervised, Supervisor,
+};
+use cooper_protocols::document::{self, IncomingDoc};
+use cooper_protocols::ids::{BarrelName, Rev};
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+pub mod store;
+
+pub use store::DocumentChanged;
+use store::{
+    AttachmentMeta, BarrelCounts, ChangeRow, DocRevision, GetOptions, OpenRev, OpenRevs, Plan,
+    Query, QueryPage, RevsDiff, Store, WriteOp, WriteResult,
+};
+
+use crate::error::BarrelError;
+
+/// Queued write requests per barrel before senders wait (each may hold many documents).
+pub const WRITE_QUEUE: usize = 1024;
+/// Most documents one group commit takes from the queue (a single larger request still
+/// commits whole, in one transaction).
+pub const MAX_BATCH_OPS: usize = 4096;
+/// Events kept for slow subscribers of [`DocumentChanged`] before they lag.
+pub const EVENT_BUFFER: usize = 4096;
+
+/// The results of one write request, one per operation, in order.
+pub type WriteResults = Vec<Result<WriteResult, BarrelError>>;
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+/// Writes a batch of operations; they commit in one group commit (possibly with other
+/// requests). Each operation succeeds or fails on its own.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteResults, BarrelError>")]
+pub struct Write(pub Vec<WriteOp>);
+
+/// Stops the writer after the writes already queued have committed; later writes get
+/// [`BarrelError::Closed`].
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Close;
+
+// ---------------------------------------------------------------------------------------------
+// The actor
+
+/// One open barrel. Started under an actix `Supervisor` by the registry: if a handler panics
+/// the actor restarts with the same address, its store and a fresh writer thread.
+#[derive(Debug)]
+pub struct Barrel {
+    name: BarrelName,
+    store: Arc<Store>,
+    events: broadcast::Sender<Arc<DocumentChanged>>,
+    writer: Option<WriterThread>,
+    closed: bool,
+}
+
+#[derive(Debug)]
+struct WriterThread {
+    tx: mpsc::Sender<WriteJob>,
+    thread: JoinHandle<()>,
+}
+
+#[derive(Debug)]
+struct WriteJob {
+    ops: Vec<WriteOp>,
+    reply: oneshot::Sender<Result<WriteResults, BarrelError>>,
+}
+
+impl Barrel {
+    /// Starts a supervised barrel actor over an open store, on `arbiter` (or the current
+    /// one), and returns its handle.
+    pub fn start(
+        name: BarrelName,
+        store: Arc<Store>,
+        arbiter: Option<&ArbiterHandle>,
+    ) -> BarrelHandle {
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let barrel = Barrel {
+            name: name.clone(),
+            store: store.clone(),
+            events: events.clone(),
+            writer: None,
+            closed: false,
+        };
+        let addr = match arbiter {
+            Some(a) => Supervisor::start_in_arbiter(a, move |_| barrel),
+            None => Supervisor::start(move |_| barrel),
+        };
+        BarrelHandle {
+            name,
+            addr,
+            store,
+            events,
+        }
+    }
+
+    fn ensure_writer(&mut self) {
+        let alive = self
+            .writer
+            .as_ref()
+            .is_some_and(|w| !w.thread.is_finished());
+        if alive || self.closed {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        let store = self.store.clone();
+        let events = self.events.clone();
+        let name = self.name.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("barrel-{}", self.name))
+            .spawn(move || writer_loop(&name, &store, rx, &events))
+            .expect("spawn a barrel writer thread");
+        self.writer = Some(WriterThread { tx, thread });
+    }
+}
+
+impl Actor for Barrel {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(64);
+        self.ensure_writer();
+    }
+}
+
+impl Supervised for Barrel {
+    fn restarting(&mut self, _ctx: &mut Self::Context) {
+        tracing::warn!(barrel = %self.name, "barrel actor restarting");
+        self.ensure_writer();
+    }
+}
+
+impl Handler<Write> for Barrel {
+    type Result = ResponseFuture<Result<WriteResults, BarrelError>>;
+
+    fn handle(&mut self, msg: Write, _ctx: &mut Self::Context) -> Self::Result {
+        self.ensure_writer();
+        let tx = self.writer.as_ref().map(|w| w.tx.clone());
+        Box::pin(async move {
+            let tx = tx.ok_or(BarrelError::Closed)?;
+            let (reply, answer) = oneshot::channel();
+            tx.send(WriteJob { ops: msg.0, reply })
+                .await
+                .map_err(|_| BarrelError::Closed)?;
+            answer.await.map_err(|_| BarrelError::Closed)?
+        })
+    }
+}
+
+impl Handler<Close> for Barrel {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Close, _ctx: &mut Self::Context) -> Self::Result {
+        self.closed = true;
+        let writer = self.writer.take();
+        let store = self.store.clone();
+        Box::pin(async move {
+            if let Some(w) = writer {
+                drop(w.tx);
+                // The thread drains the queue, commits and exits; wait off the actor thread.
+                let _ = tokio::task::spawn_blocking(move || w.thread.join()).await;
+            }
+            store.close();
+        })
+    }
+}
+
+/// A test-only message whose handler panics, to exercise supervision.
+#[cfg(test)]
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+struct Poison;
+
+#[cfg(test)]
+impl Handler<Poison> for Barrel {
+    type Result = ();
+
+    fn handle(&mut self, _: Poison, ctx: &mut Self::Context) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| panic!("poisoned")));
+        if outcome.is_err() {
+            actix::ActorContext::stop(ctx);
+        }
+    }
+}
+
+/// Takes queued writes in groups, commits each group in one transaction, publishes the
+/// changes, then answers every writer of the group.
+fn writer_loop(
+    name: &BarrelName,
+    store: &Store,
+    mut rx: mpsc::Receiver<WriteJob>,
+    events: &broadcast::Sender<Arc<DocumentChanged>>,
+) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut count = first.ops.len();
+        let mut jobs = vec![first];
+        while count < MAX_BATCH_OPS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    count += job.ops.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        let mut sizes = Vec::with_capacity(jobs.len());
+        let mut ops = Vec::with_capacity(count);
+        let mut replies = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            sizes.push(job.ops.len());
+            ops.extend(job.ops);
+            replies.push(job.reply);
+        }
+        let started = Instant::now();
+        let outcome = catch_unwind(AssertUnwindSafe(|| store.apply(ops)));
+        tracing::debug!(barrel = %name, requests = replies.len(), docs = count,
+            micros = started.elapsed().as_micros() as u64, "group commit");
+        match outcome {
+            Ok(Ok((results, changes))) => {
+                for change in changes {
+                    // No subscriber is not an error.
+                    let _ = events.send(Arc::new(change));
+                }
+                let mut results = results.into_iter();
+                for (reply, n) in replies.into_iter().zip(sizes) {
+                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(barrel = %name, error = %e, "group commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+            Err(_) => {
+                tracing::error!(barrel = %name, "group commit panicked; nothing of it was committed");
+                for reply in replies {
+                    let _ = reply.send(Err(BarrelError::Storage(
+                        "internal error during commit".into(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The handle
+
+/// A cheap, cloneable handle on an open barrel: writes go through the actor (and its group
+/// commit), reads run on the caller's thread on their own read transaction.
+#[derive(Debug, Clone)]
+pub struct BarrelHandle {
+    name: BarrelName,
+    addr: Addr<Barrel>,
+    store: Arc<Store>,
+    events: broadcast::Sender<Arc<DocumentChanged>>,
+}
+
+impl BarrelHandle {
+    /// The barrel's name.
+    pub fn name(&self) -> &BarrelName {
+        &self.name
+    }
+
+    /// The barrel actor's address.
+    pub fn addr(&self) -> &Addr<Barrel> {
+        &self.addr
+    }
+
+    /// Writes a batch; see [`Write`].
+    pub async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteResults, BarrelError> {
+        self.addr
+            .send(Write(ops))
+            .await
+            .map_err(|_| BarrelError::Closed)?
+    }
+
+    /// Writes one operation.
+    pub async fn write_one(&self, op: WriteOp) -> Result<WriteResult, BarrelError> {
+        self.write(vec![op])
+            .await?
+            .pop()
+            .ok_or(BarrelError::Closed)?
+    }
+
+    /// Creates or updates a document from its JSON (`_id` optional, `_rev` for updates).
+    pub async fn put(&self, doc: Value) -> Result<WriteResult, BarrelError> {
+        let doc = document::split(doc).map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+        self.write_one(WriteOp::Edit(doc)).await
+    }
+
+    /// Inserts a replicated revision with its `_revisions` history (`new_edits=false`).
+    pub async fn put_replicated(&self, doc: Value) -> Result<WriteResult, BarrelError> {
+        let doc = document::split(doc).map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+        self.write_one(WriteOp::Replicate(doc)).await
+    }
+
+    /// Deletes a document: writes a tombstone on `rev`.
+    pub async fn delete(&self, id: &str, rev: Rev) -> Result<WriteResult, BarrelError> {
+        let doc = IncomingDoc {
+            id: Some(id.to_owned()),
+            rev: Some(rev),
+            deleted: true,
+            ..IncomingDoc::default()
+        };
+        self.write_one(WriteOp::Edit(doc)).await
+    }
+
+    /// A document's winner or a given revision.
+    pub fn get(&self, id: &str, opts: &GetOptions) -> Result<DocRevision, BarrelError> {
+        self.store.get(id, opts)
+    }
+
+    /// Leaves of a document (`open_revs`).
+    pub fn open_revs(&self, id: &str, which: &OpenRevs) -> Result<Vec<OpenRev>, BarrelError> {
+        self.store.open_revs(id, which)
+    }
+
+    /// The changes feed after `since`.
+    pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<ChangeRow>, BarrelError> {
+        self.store.changes(since, limit)
+    }
+
+    /// A path query.
+    pub fn query(&self, query: &Query) -> Result<QueryPage, BarrelError> {
+        self.store.query(query)
+    }
+
+    /// How a query would be answered.
+    pub fn explain(&self, query: &Query) -> Result<Plan, BarrelError> {
+        self.store.explain(query)
+    }
+
+    /// Which of the given revisions the barrel lacks.
+    pub fn revs_diff(
+        &self,
+        asked: &BTreeMap<String, Vec<Rev>>,
+    ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
+        self.store.revs_diff(asked)
+    }
+
+    /// Counts, update seq and file size.
+    pub fn counts(&self) -> Result<BarrelCounts, BarrelError> {
+        self.store.counts()
+    }
+
+    /// A local document and its `0-N` revision.
+    pub fn get_local(
+        &self,
+        id: &str,
+    ) -> Result<(serde_json::Map<String, Value>, u64), BarrelError> {
+        self.store.get_local(id)
+    }
+
+    /// An attachment's metadata and content.
+    pub fn get_attachment(
+        &self,
+        id: &str,
+        name: &str,
+        rev: Option<Rev>,
+    ) -> Result<(AttachmentMeta, Vec<u8>), BarrelError> {
+        self.store.get_attachment(id, name, rev)
+    }
+
+    /// Subscribes to the changes committed from now on. A receiver that falls more than
+    /// [`EVENT_BUFFER`] events behind gets `Lagged` and should resume from the changes feed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<DocumentChanged>> {
+        self.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn start(dir: &tempfile::TempDir) -> BarrelHandle {
+        let store = Arc::new(Store::open(&dir.path().join("b.redb"), Default::default()).unwrap());
+        Barrel::start(BarrelName::new("b").unwrap(), store, None)
+    }
+
+    #[actix_rt::test]
+    async fn concurrent_writes_are_group_committed_and_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = start(&dir);
+        let mut events = b.subscribe();
+        let writes = (0..200).map(|i| {
+            let b = b.clone();
+            async move { b.put(json!({"_id": format!("d{i:03}"), "n": i})).await }
+        });
+        let results = futures_join_all(writes).await;
+        assert!(results.iter().all(|r| r.is_ok()));
+        assert_eq!(b.counts().unwrap().doc_count, 200);
+        assert_eq!(b.counts().unwrap().update_seq, 200);
+        let mut seqs = Vec::new();
+        for _ in 0..200 {
+            seqs.push(events.recv().await.unwrap().seq);
+        }
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    }
+
+    #[actix_rt::test]
+    async fn a_panicking_barrel_restarts_with_its_address_and_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = start(&dir);
+        let r = b.put(json!({"_id": "a", "v": 1})).await.unwrap();
+        b.addr().send(Poison).await.unwrap();
+        // Same address, data intact, writes still work.
+        let got = b.get("a", &GetOptions::default()).unwrap();
+        assert_eq!(got.rev.to_string(), r.rev);
+        let r2 = b
+            .put(json!({"_id": "a", "_rev": r.rev, "v": 2}))
+            .await
+            .unwrap();
+        assert!(r2.rev.starts_with("2-"));
+    }
+
+    #[actix_rt::test]
+    async fn writes_after_close_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = start(&dir);
+        b.put(json!({"_id": "a"})).await.unwrap();
+        b.addr().send(Close).await.unwrap();
+        assert_eq!(b.put(json!({"_id": "b"})).await, Err(BarrelError::Closed));
+        assert_eq!(b.get("a", &GetOptions::default()), Err(BarrelError::Closed));
+        // The file is released: it opens again at once.
+        Store::open(&dir.path().join("b.redb"), Default::default()).unwrap();
+    }
+
+    async fn futures_join_all<F>(fs: impl Iterator<Item = F>) -> Vec<F::Output>
+    where
+        F: std::future::Future + 'static,
+        F::Output: Send + 'static,
+    {
+        let handles: Vec<_> = fs.map(actix_rt::spawn).collect();
+        let mut out = Vec::new();
+        for h in handles {
+            out.push(h.await.unwrap());
+        }
+        out
+    }
+}

@@ -1,0 +1,2095 @@
+//! The redb store of one barrel (DESIGN §3). Synchronous, plain and free of actix: the
+//! [`Barrel`](crate::barrel::Barrel) actor calls it from its writer thread (writes, batched
+//! into one transaction per group commit) and from any thread (reads, on read transactions
+//! that never wait for writers).
+//!
+//! Every stored value starts with a format byte, and the `meta` table records the schema
+//! version; [`Store::open`] migrates older files forward and refuses newer ones.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use cooper_protocols::cbor;
+use cooper_protocols::document::{revisions_json, IncomingDoc};
+use cooper_protocols::ids::{is_local_id, Rev};
+use cooper_protocols::path;
+use cooper_protocols::rev_tree::{RevTree, DEFAULT_REVS_LIMIT};
+use md5::Md5;
+use redb::{
+    Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable, Table, TableDefinition,
+    WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::BarrelError;
+
+/// `meta`: schema version, update seq and document counts.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `docs`: id → [`DocInfo`] (revision tree and the doc's latest seq), CBOR.
+const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
+/// `bodies`: id bytes ‖ 24-byte revision → stored revision (format byte, flags, attachments,
+/// canonical CBOR body). Only leaves keep bodies.
+const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
+/// `changes`: seq → id; each document appears once, at its latest seq.
+const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
+/// `paths`: path index key (see `cooper_protocols::path`) → ().
+const PATHS: TableDefinition<&[u8], ()> = TableDefinition::new("paths");
+/// `attachments`: SHA-256 of the content → content.
+const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
+/// `local`: `_local/…` id → format byte, u64 counter, canonical CBOR body.
+const LOCAL: TableDefinition<&str, &[u8]> = TableDefinition::new("local");
+
+const SCHEMA_VERSION_KEY: &str = "schema_version";
+const UPDATE_SEQ_KEY: &str = "update_seq";
+const DOC_COUNT_KEY: &str = "doc_count";
+const DELETED_COUNT_KEY: &str = "deleted_count";
+
+/// The schema this code writes. Version 1 had no path index; 2 added it.
+pub const SCHEMA_VERSION: u64 = 2;
+
+/// Format byte of stored values written by this code.
+const FORMAT: u8 = 1;
+/// Depth limit when decoding stored CBOR (documents are checked at 64 on the way in).
+const DECODE_DEPTH: usize = 128;
+/// Most candidates a query collects to sort in memory before it prefers an ordered scan.
+const COLLECT_LIMIT: usize = 10_000;
+
+/// Options of a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Generations kept per branch of a revision tree.
+    pub revs_limit: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            revs_limit: DEFAULT_REVS_LIMIT,
+        }
+    }
+}
+
+/// Metadata of one attachment of a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentMeta {
+    /// Name within the document.
+    pub name: String,
+    /// MIME type as given.
+    pub content_type: String,
+    /// Length in bytes.
+    pub length: u64,
+    /// SHA-256 of the content: the key in the `attachments` table.
+    #[serde(with = "bytes32")]
+    pub sha256: [u8; 32],
+    /// MD5 of the content, shown as CouchDB's `md5-<base64>` digest.
+    pub md5: [u8; 16],
+    /// Generation of the revision that added this content.
+    pub revpos: u64,
+}
+
+impl AttachmentMeta {
+    /// CouchDB's digest string, `md5-<base64>`.
+    pub fn digest(&self) -> String {
+        format!("md5-{}", STANDARD.encode(self.md5))
+    }
+
+    /// The stub shown in a document's `_attachments`.
+    pub fn stub(&self) -> Value {
+        serde_json::json!({
+            "content_type": self.content_type,
+            "digest": self.digest(),
+            "length": self.length,
+            "revpos": self.revpos,
+            "stub": true,
+        })
+    }
+}
+
+mod bytes32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let v: serde_bytes_vec::ByteBuf = Deserialize::deserialize(d)?;
+        <[u8; 32]>::try_from(v.0.as_slice()).map_err(|_| serde::de::Error::custom("32 bytes"))
+    }
+
+    pub mod serde_bytes_vec {
+        use std::fmt;
+
+        pub struct ByteBuf(pub Vec<u8>);
+
+        impl<'de> serde::Deserialize<'de> for ByteBuf {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> serde::de::Visitor<'de> for V {
+                    type Value = ByteBuf;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("bytes")
+                    }
+                    fn visit_bytes<E>(self, v: &[u8]) -> Result<ByteBuf, E> {
+                        Ok(ByteBuf(v.to_vec()))
+                    }
+                    fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                        self,
+                        mut a: A,
+                    ) -> Result<ByteBuf, A::Error> {
+                        let mut out = Vec::new();
+                        while let Some(b) = a.next_element::<u8>()? {
+                            if out.len() >= 64 {
+                                return Err(serde::de::Error::custom("too many bytes"));
+                            }
+                            out.push(b);
+                        }
+                        Ok(ByteBuf(out))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
+
+/// What the `docs` table holds per document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DocInfo {
+    /// Format version of this record.
+    v: u8,
+    tree: RevTree,
+    /// The seq of the document's latest change.
+    seq: u64,
+}
+
+/// One revision with its body, as read from the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocRevision {
+    /// The document id.
+    pub id: String,
+    /// This revision.
+    pub rev: Rev,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+    /// The user's members.
+    pub body: Map<String, Value>,
+    /// Its attachments.
+    pub attachments: Vec<AttachmentMeta>,
+    /// History newest first, when asked for (`revs=true`).
+    pub history: Option<Vec<Rev>>,
+    /// Other live leaves, when asked for (`conflicts=true`).
+    pub conflicts: Option<Vec<Rev>>,
+}
+
+impl DocRevision {
+    /// The CouchDB-shaped document: the body with `_id`, `_rev` and, when present, `_deleted`,
+    /// `_attachments`, `_conflicts`, `_revisions`.
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::with_capacity(self.body.len() + 4);
+        m.insert("_id".into(), Value::String(self.id.clone()));
+        m.insert("_rev".into(), Value::String(self.rev.to_string()));
+        if self.deleted {
+            m.insert("_deleted".into(), Value::Bool(true));
+        }
+        for (k, v) in &self.body {
+            m.insert(k.clone(), v.clone());
+        }
+        if !self.attachments.is_empty() {
+            let atts = self
+                .attachments
+                .iter()
+                .map(|a| (a.name.clone(), a.stub()))
+                .collect();
+            m.insert("_attachments".into(), Value::Object(atts));
+        }
+        if let Some(c) = &self.conflicts {
+            if !c.is_empty() {
+                let c = c.iter().map(|r| Value::String(r.to_string())).collect();
+                m.insert("_conflicts".into(), Value::Array(c));
+            }
+        }
+        if let Some(h) = &self.history {
+            m.insert("_revisions".into(), revisions_json(h));
+        }
+        Value::Object(m)
+    }
+}
+
+/// Which revision(s) a read asks for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GetOptions {
+    /// A given revision instead of the winner (a deleted one is returned too).
+    pub rev: Option<Rev>,
+    /// Include the history (`_revisions`).
+    pub revs: bool,
+    /// Include the other live leaves (`_conflicts`).
+    pub conflicts: bool,
+}
+
+/// Which leaves `open_revs` asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenRevs {
+    /// Every leaf.
+    All,
+    /// These revisions (each found or reported missing).
+    Revs(Vec<Rev>),
+}
+
+/// One answer of an `open_revs` read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OpenRev {
+    /// The revision, with its history.
+    Ok(DocRevision),
+    /// A revision the store does not hold (or holds without a body).
+    Missing(Rev),
+}
+
+/// One write, as the barrel receives it.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// A new edit (`new_edits=true`): creates, updates or (with `deleted`) deletes. The id is
+    /// generated when missing.
+    Edit(IncomingDoc),
+    /// A replicated revision (`new_edits=false`): inserted with the history given in
+    /// `revisions` (or just `rev`).
+    Replicate(IncomingDoc),
+    /// Adds or replaces one attachment, making a new revision from `rev`.
+    PutAttachment {
+        /// The document.
+        id: String,
+        /// The parent revision (`None` creates the document).
+        rev: Option<Rev>,
+        /// Attachment name.
+        name: String,
+        /// MIME type.
+        content_type: String,
+        /// The content.
+        data: Vec<u8>,
+    },
+    /// Removes one attachment, making a new revision from `rev`.
+    DeleteAttachment {
+        /// The document.
+        id: String,
+        /// The parent revision.
+        rev: Rev,
+        /// Attachment name.
+        name: String,
+    },
+    /// Writes (or with `deleted`, removes) a local document; `rev` must be its current `0-N`.
+    PutLocal {
+        /// The `_local/…` id.
+        id: String,
+        /// The current counter, if the document exists.
+        rev: Option<u64>,
+        /// Delete instead of write.
+        deleted: bool,
+        /// The body.
+        body: Map<String, Value>,
+    },
+}
+
+/// What a successful write reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The document id.
+    pub id: String,
+    /// The new revision (`0-N` for local documents).
+    pub rev: String,
+}
+
+/// The changes a batch committed, in seq order.
+pub type Changes = Vec<DocumentChanged>;
+
+/// A committed change of a document, as published to listeners after the commit.
+#[derive(Debug, Clone)]
+pub struct DocumentChanged {
+    /// The seq the change took.
+    pub seq: u64,
+    /// The document id.
+    pub id: String,
+    /// The winner after the change.
+    pub rev: Rev,
+    /// Whether the winner is a tombstone.
+    pub deleted: bool,
+    /// Body of the previous live winner, if there was one.
+    pub old: Option<Arc<Map<String, Value>>>,
+    /// Body of the new live winner, if it is live.
+    pub new: Option<Arc<Map<String, Value>>>,
+}
+
+/// One row of the changes feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChangeRow {
+    /// The document's latest seq.
+    pub seq: u64,
+    /// The document id.
+    pub id: String,
+    /// Its winning revision.
+    pub rev: Rev,
+    /// Whether the winner is a tombstone.
+    pub deleted: bool,
+    /// Every leaf, winner first (for `style=all_docs`).
+    pub leaves: Vec<Rev>,
+}
+
+/// Counts of a barrel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct BarrelCounts {
+    /// Live documents.
+    pub doc_count: u64,
+    /// Documents whose winner is a tombstone.
+    pub deleted_count: u64,
+    /// Seq of the latest change.
+    pub update_seq: u64,
+    /// File size in bytes.
+    pub size_bytes: u64,
+}
+
+/// The answer of `revs_diff` for one document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RevsDiff {
+    /// Revisions the store does not hold.
+    pub missing: Vec<Rev>,
+    /// Leaves the store holds that are ancestors-by-generation of missing ones.
+    pub possible_ancestors: Vec<Rev>,
+}
+
+/// A condition of a path query.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// Equal to the value (for arrays with `*`: some element equals it).
+    Eq(Value),
+    /// Has the path and no value there equals this one.
+    Ne(Value),
+    /// Greater than (same type only: numbers with numbers, strings with strings).
+    Gt(Value),
+    /// Greater than or equal.
+    Gte(Value),
+    /// Less than.
+    Lt(Value),
+    /// Less than or equal.
+    Lte(Value),
+    /// Equal to one of these.
+    In(Vec<Value>),
+    /// A string starting with this.
+    Prefix(String),
+    /// Has (true) or lacks (false) the path.
+    Exists(bool),
+}
+
+/// One condition: a normalized JSON Pointer and an operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    /// Normalized pointer (`/address/city`, `/tags/*`).
+    pub path: String,
+    /// The operator and operand.
+    pub op: Op,
+}
+
+/// A path query: AND of conditions, optional order by one path, a page size and a cursor.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Query {
+    /// Conditions, all of which must hold.
+    pub conditions: Vec<Condition>,
+    /// Order by this normalized path; `true` for descending. Documents without a scalar
+    /// at the path are not listed when ordering by it (as in CouchDB's Mango).
+    pub order: Option<(String, bool)>,
+    /// Page size.
+    pub limit: usize,
+    /// The `next` cursor of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of query results.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryPage {
+    /// The matching winners.
+    pub docs: Vec<DocRevision>,
+    /// Cursor of the next page, `None` when this page is the last.
+    pub next: Option<String>,
+}
+
+/// How a query is answered, as `explain` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// `index-scan` (ordered walk of one path's index), `index-collect` (collect from one
+    /// path's index, then sort), `ids` (all documents by id), or `full-scan`.
+    pub strategy: &'static str,
+    /// The path whose index drives the query, if any.
+    pub index: Option<String>,
+    /// Key ranges of that index the query walks.
+    pub ranges: usize,
+    /// Conditions checked on each candidate document after the index.
+    pub filters: usize,
+    /// Whether every document is read (no index narrows the query).
+    pub full_scan: bool,
+}
+
+/// A barrel's redb store.
+#[derive(Debug)]
+pub struct Store {
+    /// `None` once closed: handles that outlive the barrel then get `Closed`, and the file is
+    /// released at once rather than when the last handle drops.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
+    options: StoreOptions,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`, migrating an older schema forward.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<Self, BarrelError> {
+        let db = Database::create(path)?;
+        let store = Self {
+            db: RwLock::new(Some(db)),
+            path: path.to_owned(),
+            options,
+        };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The file of this store.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Closes the file after the transaction in flight; later calls get `Closed`.
+    pub fn close(&self) {
+        let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
+        *db = None;
+    }
+
+    fn read(&self) -> Result<ReadTransaction, BarrelError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        Ok(db.as_ref().ok_or(BarrelError::Closed)?.begin_read()?)
+    }
+
+    fn migrate(&self) -> Result<(), BarrelError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let txn = db.as_ref().ok_or(BarrelError::Closed)?.begin_write()?;
+        let found = {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get(SCHEMA_VERSION_KEY)?.map(|g| g.value());
+            if found.is_none() {
+                meta.insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+            }
+            found
+        };
+        // Creating every table up front lets readers open them without checking.
+        txn.open_table(DOCS)?;
+        txn.open_table(BODIES)?;
+        txn.open_table(CHANGES)?;
+        txn.open_table(PATHS)?;
+        txn.open_table(ATTACHMENTS)?;
+        txn.open_table(LOCAL)?;
+        match found {
+            None => {}
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(BarrelError::FutureSchema {
+                    found: v,
+                    supported: SCHEMA_VERSION,
+                })
+            }
+            Some(v) => {
+                for from in v..SCHEMA_VERSION {
+                    tracing::info!(file = %self.path.display(), from, to = from + 1, "migrating barrel");
+                    MIGRATIONS[from as usize - 1](&txn)?;
+                }
+                txn.open_table(META)?
+                    .insert(SCHEMA_VERSION_KEY, SCHEMA_VERSION)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Applies a batch of writes in one transaction committed with `Durability::Immediate`.
+    /// Each write's result is in its slot; a failed write leaves no trace, the others commit.
+    /// Returns the results and the changes to publish.
+    pub fn apply(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<(Vec<Result<WriteResult, BarrelError>>, Changes), BarrelError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let mut txn = db.as_ref().ok_or(BarrelError::Closed)?.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        let (results, changes) = {
+            let mut w = Writer::open(&txn, &self.options)?;
+            let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
+            w.finish()?;
+            (results, w.changes)
+        };
+        txn.commit()?;
+        Ok((results, changes))
+    }
+
+    /// The winner (or the revision in `opts.rev`) of a document; `NotFound` for a missing
+    /// document, a deleted winner, or an unknown revision.
+    pub fn get(&self, id: &str, opts: &GetOptions) -> Result<DocRevision, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let bodies = txn.open_table(BODIES)?;
+        let info = load_info(&docs, id)?.ok_or_else(|| BarrelError::not_found("missing"))?;
+        let winner = info
+            .tree
+            .winner()
+            .ok_or_else(|| BarrelError::corrupt("empty tree"))?;
+        let rev = match opts.rev {
+            Some(rev) => rev,
+            None if winner.deleted => return Err(BarrelError::not_found("deleted")),
+            None => winner.rev,
+        };
+        let mut doc = read_revision(&bodies, id, &rev)?
+            .ok_or_else(|| BarrelError::not_found("missing revision"))?;
+        if opts.revs {
+            doc.history = Some(info.tree.history(&rev));
+        }
+        if opts.conflicts {
+            doc.conflicts = Some(
+                info.tree
+                    .conflicts()
+                    .into_iter()
+                    .filter(|r| *r != rev)
+                    .collect(),
+            );
+        }
+        Ok(doc)
+    }
+
+    /// The leaves asked for, each with its history, or reported missing.
+    pub fn open_revs(&self, id: &str, which: &OpenRevs) -> Result<Vec<OpenRev>, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let bodies = txn.open_table(BODIES)?;
+        let info = load_info(&docs, id)?;
+        let revs: Vec<Rev> = match (which, &info) {
+            (OpenRevs::All, Some(info)) => info.tree.leaves().into_iter().map(|l| l.rev).collect(),
+            (OpenRevs::All, None) => return Err(BarrelError::not_found("missing")),
+            (OpenRevs::Revs(revs), _) => revs.clone(),
+        };
+        let mut out = Vec::with_capacity(revs.len());
+        for rev in revs {
+            let found = match &info {
+                Some(info) => read_revision(&bodies, id, &rev)?.map(|mut d| {
+                    d.history = Some(info.tree.history(&rev));
+                    d
+                }),
+                None => None,
+            };
+            out.push(found.map_or(OpenRev::Missing(rev), OpenRev::Ok));
+        }
+        Ok(out)
+    }
+
+    /// The revision tree of a document, if it exists.
+    pub fn rev_tree(&self, id: &str) -> Result<Option<RevTree>, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        Ok(load_info(&docs, id)?.map(|i| i.tree))
+    }
+
+    /// Changes after `since`, oldest first, at most `limit` rows; each document once, at its
+    /// latest seq.
+    pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<ChangeRow>, BarrelError> {
+        let txn = self.read()?;
+        let changes = txn.open_table(CHANGES)?;
+        let docs = txn.open_table(DOCS)?;
+        let mut out = Vec::new();
+        for entry in changes.range((Bound::Excluded(since), Bound::Unbounded))? {
+            if out.len() >= limit {
+                break;
+            }
+            let (seq, id) = entry?;
+            let (seq, id) = (seq.value(), id.value().to_owned());
+            let info = load_info(&docs, &id)?
+                .ok_or_else(|| BarrelError::corrupt("change of a missing document"))?;
+            let leaves = info.tree.leaves();
+            let winner = leaves
+                .first()
+                .ok_or_else(|| BarrelError::corrupt("empty tree"))?;
+            out.push(ChangeRow {
+                seq,
+                rev: winner.rev,
+                deleted: winner.deleted,
+                leaves: leaves.iter().map(|l| l.rev).collect(),
+                id,
+            });
+        }
+        Ok(out)
+    }
+
+    /// For each document, the revisions the store lacks (replication's `_revs_diff`).
+    pub fn revs_diff(
+        &self,
+        asked: &BTreeMap<String, Vec<Rev>>,
+    ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let mut out = BTreeMap::new();
+        for (id, revs) in asked {
+            let info = load_info(&docs, id)?;
+            let missing: Vec<Rev> = revs
+                .iter()
+                .filter(|r| !info.as_ref().is_some_and(|i| i.tree.contains(r)))
+                .copied()
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let max_pos = missing.iter().map(|r| r.pos).max().unwrap_or(0);
+            let possible_ancestors = info
+                .map(|i| {
+                    i.tree
+                        .leaves()
+                        .into_iter()
+                        .filter(|l| l.rev.pos < max_pos)
+                        .map(|l| l.rev)
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.insert(
+                id.clone(),
+                RevsDiff {
+                    missing,
+                    possible_ancestors,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Document counts, update seq and file size.
+    pub fn counts(&self) -> Result<BarrelCounts, BarrelError> {
+        let txn = self.read()?;
+        let meta = txn.open_table(META)?;
+        let get = |k| -> Result<u64, BarrelError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
+        Ok(BarrelCounts {
+            doc_count: get(DOC_COUNT_KEY)?,
+            deleted_count: get(DELETED_COUNT_KEY)?,
+            update_seq: get(UPDATE_SEQ_KEY)?,
+            size_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+        })
+    }
+
+    /// A local document and its `0-N` revision.
+    pub fn get_local(&self, id: &str) -> Result<(Map<String, Value>, u64), BarrelError> {
+        let txn = self.read()?;
+        let local = txn.open_table(LOCAL)?;
+        let raw = local
+            .get(id)?
+            .ok_or_else(|| BarrelError::not_found("missing"))?;
+        decode_local(raw.value())
+    }
+
+    /// An attachment of the winner (or of `rev`): its metadata and content.
+    pub fn get_attachment(
+        &self,
+        id: &str,
+        name: &str,
+        rev: Option<Rev>,
+    ) -> Result<(AttachmentMeta, Vec<u8>), BarrelError> {
+        let doc = self.get(
+            id,
+            &GetOptions {
+                rev,
+                ..GetOptions::default()
+            },
+        )?;
+        let meta = doc
+            .attachments
+            .into_iter()
+            .find(|a| a.name == name)
+            .ok_or_else(|| BarrelError::not_found("missing attachment"))?;
+        let txn = self.read()?;
+        let atts = txn.open_table(ATTACHMENTS)?;
+        let data = atts
+            .get(&meta.sha256[..])?
+            .ok_or_else(|| BarrelError::corrupt("attachment content missing"))?
+            .value()
+            .to_vec();
+        Ok((meta, data))
+    }
+
+    /// Answers a path query from the path index.
+    pub fn query(&self, query: &Query) -> Result<QueryPage, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let bodies = txn.open_table(BODIES)?;
+        let paths = txn.open_table(PATHS)?;
+        let plan = plan(query, &paths)?;
+        let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
+        let mut out = Vec::new();
+        let mut next = None;
+        let limit = query.limit.max(1);
+        let reader = |id: &str| -> Result<Option<DocRevision>, BarrelError> {
+            let Some(info) = load_info(&docs, id)? else {
+                return Ok(None);
+            };
+            let Some(w) = info.tree.winner().filter(|w| !w.deleted) else {
+                return Ok(None);
+            };
+            read_revision(&bodies, id, &w.rev)
+        };
+        match &plan.driver {
+            Driver::Ids => {
+                let start = match &cursor {
+                    Some(Cursor::Key(k)) => Bound::Excluded(
+                        std::str::from_utf8(k).map_err(|_| bad_cursor())?.to_owned(),
+                    ),
+                    Some(_) => return Err(bad_cursor()),
+                    None => Bound::Unbounded,
+                };
+                let range = docs.range::<&str>((as_ref_bound(&start), Bound::Unbounded))?;
+                for entry in range {
+                    let (id, _) = entry?;
+                    let id = id.value().to_owned();
+                    if let Some(doc) = reader(&id)? {
+                        if matches_all(&query.conditions, &doc.body) {
+                            if out.len() == limit {
+                                next = Some(Cursor::Key(out_last_id(&out)).encode());
+                                break;
+                            }
+                            out.push(doc);
+                        }
+                    }
+                }
+            }
+            Driver::Scan { ranges, desc } => {
+                let after = match &cursor {
+                    Some(Cursor::Key(k)) => Some(k.clone()),
+                    Some(_) => return Err(bad_cursor()),
+                    None => None,
+                };
+                let mut last_key: Option<Vec<u8>> = None;
+                let ordered: Vec<&KeyRange> = if *desc {
+                    ranges.iter().rev().collect()
+                } else {
+                    ranges.iter().collect()
+                };
+                'ranges: for r in ordered {
+                    let (lo, hi) = r.bounds_after(after.as_deref(), *desc);
+                    if lo_hi_empty(&lo, &hi) {
+                        continue;
+                    }
+                    let range = paths.range::<&[u8]>((as_slice_bound(&lo), as_slice_bound(&hi)))?;
+                    let iter: Box<dyn Iterator<Item = _>> = if *desc {
+                        Box::new(range.rev())
+                    } else {
+                        Box::new(range)
+                    };
+                    for entry in iter {
+                        let (key, _) = entry?;
+                        let key = key.value();
+                        let (_, _, id) = path::decode_index_key(key)
+                            .map_err(|_| BarrelError::corrupt("bad index key"))?;
+                        let Some(doc) = reader(&id)? else { continue };
+                        if !matches_all(&query.conditions, &doc.body) {
+                            continue;
+                        }
+                        // A document with several keys in the ranges (several values, or
+                        // several leaves under a path) is listed once: at its first key in
+                        // scan order, so pages never repeat it.
+                        if first_key(&doc, ranges, *desc).as_deref() != Some(key) {
+                            continue;
+                        }
+                        if out.len() == limit {
+                            next = last_key.take().map(|k| Cursor::Key(k).encode());
+                            break 'ranges;
+                        }
+                        last_key = Some(key.to_vec());
+                        out.push(doc);
+                    }
+                }
+            }
+            Driver::Collect {
+                ranges,
+                order_path,
+                desc,
+            } => {
+                let mut ids = BTreeSet::new();
+                for r in ranges {
+                    let range =
+                        paths.range::<&[u8]>((as_slice_bound(&r.lo), as_slice_bound(&r.hi)))?;
+                    for entry in range {
+                        let (key, _) = entry?;
+                        let (_, _, id) = path::decode_index_key(key.value())
+                            .map_err(|_| BarrelError::corrupt("bad index key"))?;
+                        ids.insert(id);
+                    }
+                }
+                let order_op = conditions_on(&query.conditions, order_path);
+                let mut rows = Vec::new();
+                for id in ids {
+                    let Some(doc) = reader(&id)? else { continue };
+                    if !matches_all(&query.conditions, &doc.body) {
+                        continue;
+                    }
+                    let Some(v) = sort_value(&doc.body, order_path, order_op.as_ref(), *desc)
+                    else {
+                        continue;
+                    };
+                    let mut key = Vec::new();
+                    path::encode_scalar(&v, &mut key);
+                    rows.push((key, doc));
+                }
+                rows.sort_by(|a, b| {
+                    let o = a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id));
+                    if *desc {
+                        o.reverse()
+                    } else {
+                        o
+                    }
+                });
+                let after = match &cursor {
+                    Some(Cursor::Sorted(k, id)) => Some((k.clone(), id.clone())),
+                    Some(_) => return Err(bad_cursor()),
+                    None => None,
+                };
+                let mut last: Option<(Vec<u8>, String)> = None;
+                for (key, doc) in rows {
+                    if let Some((ak, aid)) = &after {
+                        let o = key
+                            .as_slice()
+                            .cmp(ak)
+                            .then_with(|| doc.id.as_str().cmp(aid));
+                        let beyond = if *desc { o.is_lt() } else { o.is_gt() };
+                        if !beyond {
+                            continue;
+                        }
+                    }
+                    if out.len() == limit {
+                        next = last.take().map(|(k, id)| Cursor::Sorted(k, id).encode());
+                        break;
+                    }
+                    last = Some((key, doc.id.clone()));
+                    out.push(doc);
+                }
+            }
+        }
+        Ok(QueryPage { docs: out, next })
+    }
+
+    /// How [`Store::query`] would answer `query`.
+    pub fn explain(&self, query: &Query) -> Result<Plan, BarrelError> {
+        let txn = self.read()?;
+        let paths = txn.open_table(PATHS)?;
+        Ok(plan(query, &paths)?.explain(query))
+    }
+}
+
+fn out_last_id(out: &[DocRevision]) -> Vec<u8> {
+    out.last()
+        .map(|d| d.id.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+fn bad_cursor() -> BarrelError {
+    BarrelError::BadRequest("invalid cursor: pass the `next` value of the same query".into())
+}
+
+fn as_ref_bound(b: &Bound<String>) -> Bound<&str> {
+    match b {
+        Bound::Included(s) => Bound::Included(s.as_str()),
+        Bound::Excluded(s) => Bound::Excluded(s.as_str()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn as_slice_bound(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(s) => Bound::Included(s.as_slice()),
+        Bound::Excluded(s) => Bound::Excluded(s.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+fn lo_hi_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
+    match (lo, hi) {
+        (Bound::Included(a), Bound::Included(b)) => a > b,
+        (Bound::Included(a) | Bound::Excluded(a), Bound::Excluded(b))
+        | (Bound::Excluded(a), Bound::Included(b)) => a >= b,
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations: MIGRATIONS[n - 1] takes a file from schema n to n + 1.
+
+type Migration = fn(&WriteTransaction) -> Result<(), BarrelError>;
+
+const MIGRATIONS: &[Migration] = &[migrate_1_to_2];
+
+/// Schema 1 had no path index: build it from the winner of every live document.
+fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), BarrelError> {
+    let docs = txn.open_table(DOCS)?;
+    let bodies = txn.open_table(BODIES)?;
+    let mut paths = txn.open_table(PATHS)?;
+    for entry in docs.iter()? {
+        let (id, raw) = entry?;
+        let info = decode_info(raw.value())?;
+        if let Some(w) = info.tree.winner().filter(|w| !w.deleted) {
+            if let Some(doc) = read_revision(&bodies, id.value(), &w.rev)? {
+                for (p, v) in path::index_entries(&doc.body) {
+                    paths.insert(path::index_key(&p, v, id.value()).as_slice(), ())?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a schema-1 store: a schema-2 store without the path index. Only for the migration
+/// fixture and its test.
+#[doc(hidden)]
+pub fn downgrade_to_schema_1(path: &Path) -> Result<(), BarrelError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.delete_table(PATHS)?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 1)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Marks a store as written by a future schema. Only for tests of the refusal.
+#[doc(hidden)]
+pub fn set_schema_version(path: &Path, version: u64) -> Result<(), BarrelError> {
+    let db = Database::create(path)?;
+    let txn = db.begin_write()?;
+    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, version)?;
+    txn.commit()?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoding of stored values.
+
+fn decode_info(raw: &[u8]) -> Result<DocInfo, BarrelError> {
+    let info: DocInfo =
+        ciborium::from_reader(raw).map_err(|e| BarrelError::corrupt(format!("doc info: {e}")))?;
+    if info.v != FORMAT {
+        return Err(BarrelError::corrupt(format!("doc info format {}", info.v)));
+    }
+    Ok(info)
+}
+
+fn encode_info(info: &DocInfo) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + info.tree.len() * 40);
+    // Writing CBOR into a Vec cannot fail.
+    ciborium::into_writer(info, &mut out).expect("cbor into a vec");
+    out
+}
+
+fn load_info<T: ReadableTable<&'static str, &'static [u8]>>(
+    docs: &T,
+    id: &str,
+) -> Result<Option<DocInfo>, BarrelError> {
+    docs.get(id)?.map(|g| decode_info(g.value())).transpose()
+}
+
+fn body_key(id: &str, rev: &Rev) -> Vec<u8> {
+    let mut k = Vec::with_capacity(id.len() + 24);
+    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&rev.pos.to_be_bytes());
+    k.extend_from_slice(&rev.hash);
+    k
+}
+
+/// Stored revision: `FORMAT`, flags (bit 0 = deleted), u32 BE length of the attachments'
+/// CBOR, that CBOR (omitted when 0), then the canonical CBOR body.
+fn encode_revision(deleted: bool, atts: &[AttachmentMeta], body_cbor: &[u8]) -> Vec<u8> {
+    let mut atts_cbor = Vec::new();
+    if !atts.is_empty() {
+        ciborium::into_writer(&atts, &mut atts_cbor).expect("cbor into a vec");
+    }
+    let mut out = Vec::with_capacity(6 + atts_cbor.len() + body_cbor.len());
+    out.push(FORMAT);
+    out.push(u8::from(deleted));
+    out.extend_from_slice(&(atts_cbor.len() as u32).to_be_bytes());
+    out.extend_from_slice(&atts_cbor);
+    out.extend_from_slice(body_cbor);
+    out
+}
+
+fn decode_revision(id: &str, rev: Rev, raw: &[u8]) -> Result<DocRevision, BarrelError> {
+    let corrupt = || BarrelError::corrupt("stored revision");
+    if raw.len() < 6 || raw[0] != FORMAT {
+        return Err(corrupt());
+    }
+    let deleted = raw[1] & 1 == 1;
+    let n = u32::from_be_bytes([raw[2], raw[3], raw[4], raw[5]]) as usize;
+    let rest = &raw[6..];
+    if rest.len() < n {
+        return Err(corrupt());
+    }
+    let attachments = if n == 0 {
+        Vec::new()
+    } else {
+        ciborium::from_reader(&rest[..n]).map_err(|_| corrupt())?
+    };
+    let body = match cbor::decode_value(&rest[n..], DECODE_DEPTH)
+        .map_err(|e| BarrelError::corrupt(format!("stored body: {e}")))?
+    {
+        Value::Object(m) => m,
+        _ => return Err(corrupt()),
+    };
+    Ok(DocRevision {
+        id: id.to_owned(),
+        rev,
+        deleted,
+        body,
+        attachments,
+        history: None,
+        conflicts: None,
+    })
+}
+
+fn read_revision<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    bodies: &T,
+    id: &str,
+    rev: &Rev,
+) -> Result<Option<DocRevision>, BarrelError> {
+    bodies
+        .get(body_key(id, rev).as_slice())?
+        .map(|g| decode_revision(id, *rev, g.value()))
+        .transpose()
+}
+
+fn decode_local(raw: &[u8]) -> Result<(Map<String, Value>, u64), BarrelError> {
+    let corrupt = || BarrelError::corrupt("stored local document");
+    if raw.len() < 9 || raw[0] != FORMAT {
+        return Err(corrupt());
+    }
+    let n = u64::from_be_bytes(raw[1..9].try_into().map_err(|_| corrupt())?);
+    match cbor::decode_value(&raw[9..], DECODE_DEPTH).map_err(|_| corrupt())? {
+        Value::Object(m) => Ok((m, n)),
+        _ => Err(corrupt()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The write path.
+
+/// The open tables of one write transaction and the batch's bookkeeping.
+struct Writer<'t> {
+    meta: Table<'t, &'static str, u64>,
+    docs: Table<'t, &'static str, &'static [u8]>,
+    bodies: Table<'t, &'static [u8], &'static [u8]>,
+    changes_table: Table<'t, u64, &'static str>,
+    paths: Table<'t, &'static [u8], ()>,
+    attachments: Table<'t, &'static [u8], &'static [u8]>,
+    local: Table<'t, &'static str, &'static [u8]>,
+    revs_limit: usize,
+    seq: u64,
+    doc_count: u64,
+    deleted_count: u64,
+    changes: Vec<DocumentChanged>,
+}
+
+/// An attachment of a new revision, resolved: its metadata and, for new content, the bytes.
+struct NewAttachment {
+    meta: AttachmentMeta,
+    data: Option<Vec<u8>>,
+}
+
+impl<'t> Writer<'t> {
+    fn open(txn: &'t WriteTransaction, options: &StoreOptions) -> Result<Self, BarrelError> {
+        let meta = txn.open_table(META)?;
+        let get = |k| -> Result<u64, BarrelError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
+        let (seq, doc_count, deleted_count) = (
+            get(UPDATE_SEQ_KEY)?,
+            get(DOC_COUNT_KEY)?,
+            get(DELETED_COUNT_KEY)?,
+        );
+        Ok(Self {
+            docs: txn.open_table(DOCS)?,
+            bodies: txn.open_table(BODIES)?,
+            changes_table: txn.open_table(CHANGES)?,
+            paths: txn.open_table(PATHS)?,
+            attachments: txn.open_table(ATTACHMENTS)?,
+            local: txn.open_table(LOCAL)?,
+            meta,
+            revs_limit: options.revs_limit.max(1),
+            seq,
+            doc_count,
+            deleted_count,
+            changes: Vec::new(),
+        })
+    }
+
+    fn finish(&mut self) -> Result<(), BarrelError> {
+        self.meta.insert(UPDATE_SEQ_KEY, self.seq)?;
+        self.meta.insert(DOC_COUNT_KEY, self.doc_count)?;
+        self.meta.insert(DELETED_COUNT_KEY, self.deleted_count)?;
+        Ok(())
+    }
+
+    fn apply(&mut self, op: WriteOp) -> Result<WriteResult, BarrelError> {
+        match op {
+            WriteOp::Edit(doc) => self.edit(doc),
+            WriteOp::Replicate(doc) => self.replicate(doc),
+            WriteOp::PutAttachment {
+                id,
+                rev,
+                name,
+                content_type,
+                data,
+            } => {
+                let current = self.current_attachments(&id, rev)?;
+                let mut atts: Map<String, Value> =
+                    current.iter().map(|a| (a.name.clone(), a.stub())).collect();
+                atts.insert(
+                    name,
+                    serde_json::json!({"content_type": content_type, "data": STANDARD.encode(&data)}),
+                );
+                let body = match rev {
+                    Some(rev) => self.body_of(&id, &rev)?,
+                    None => Map::new(),
+                };
+                self.edit(IncomingDoc {
+                    id: Some(id),
+                    rev,
+                    attachments: Some(atts),
+                    body,
+                    ..IncomingDoc::default()
+                })
+            }
+            WriteOp::DeleteAttachment { id, rev, name } => {
+                let current = self.current_attachments(&id, Some(rev))?;
+                if !current.iter().any(|a| a.name == name) {
+                    return Err(BarrelError::not_found("missing attachment"));
+                }
+                let atts = current
+                    .iter()
+                    .filter(|a| a.name != name)
+                    .map(|a| (a.name.clone(), a.stub()))
+                    .collect();
+                let body = self.body_of(&id, &rev)?;
+                self.edit(IncomingDoc {
+                    id: Some(id),
+                    rev: Some(rev),
+                    attachments: Some(atts),
+                    body,
+                    ..IncomingDoc::default()
+                })
+            }
+            WriteOp::PutLocal {
+                id,
+                rev,
+                deleted,
+                body,
+            } => self.put_local(id, rev, deleted, body, false),
+        }
+    }
+
+    fn current_attachments(
+        &self,
+        id: &str,
+        rev: Option<Rev>,
+    ) -> Result<Vec<AttachmentMeta>, BarrelError> {
+        match rev {
+            None => Ok(Vec::new()),
+            Some(rev) => Ok(read_revision(&self.bodies, id, &rev)?
+                .ok_or_else(|| BarrelError::Conflict("document update conflict".into()))?
+                .attachments),
+        }
+    }
+
+    fn body_of(&self, id: &str, rev: &Rev) -> Result<Map<String, Value>, BarrelError> {
+        Ok(read_revision(&self.bodies, id, rev)?
+            .ok_or_else(|| BarrelError::Conflict("document update conflict".into()))?
+            .body)
+    }
+
+    fn put_local(
+        &mut self,
+        id: String,
+        rev: Option<u64>,
+        deleted: bool,
+        body: Map<String, Value>,
+        force: bool,
+    ) -> Result<WriteResult, BarrelError> {
+        if !is_local_id(&id) {
+            return Err(BarrelError::BadRequest(
+                "local document ids start with _local/".into(),
+            ));
+        }
+        let current = self
+            .local
+            .get(id.as_str())?
+            .map(|g| decode_local(g.value()))
+            .transpose()?;
+        let current_n = current.map(|(_, n)| n);
+        if !force && rev != current_n {
+            return Err(BarrelError::Conflict("document update conflict".into()));
+        }
+        if deleted {
+            if current_n.is_none() {
+                return Err(BarrelError::not_found("missing"));
+            }
+            self.local.remove(id.as_str())?;
+            return Ok(WriteResult {
+                id,
+                rev: "0-0".into(),
+            });
+        }
+        let n = current_n.unwrap_or(0) + 1;
+        let mut raw = vec![FORMAT];
+        raw.extend_from_slice(&n.to_be_bytes());
+        cbor::encode_object(&body, true, &mut raw);
+        self.local.insert(id.as_str(), raw.as_slice())?;
+        Ok(WriteResult {
+            id,
+            rev: format!("0-{n}"),
+        })
+    }
+
+    /// A new edit: CouchDB's rules for `new_edits=true` (DESIGN §2).
+    fn edit(&mut self, doc: IncomingDoc) -> Result<WriteResult, BarrelError> {
+        let id = match doc.id.clone() {
+            Some(id) => id,
+            None => new_doc_id()?,
+        };
+        if is_local_id(&id) {
+            return self.put_local(id, doc.local_rev, doc.deleted, doc.body, false);
+        }
+        let info = load_info(&self.docs, &id)?;
+        let parent: Option<Rev> = match (&info, doc.rev) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(conflict()),
+            (Some(info), Some(rev)) => {
+                if !info.tree.is_leaf(&rev) {
+                    return self.maybe_retry(&id, info, rev, &doc);
+                }
+                Some(rev)
+            }
+            (Some(info), None) => {
+                let w = info
+                    .tree
+                    .winner()
+                    .ok_or_else(|| BarrelError::corrupt("empty tree"))?;
+                if !w.deleted || doc.deleted {
+                    return Err(conflict());
+                }
+                Some(w.rev)
+            }
+        };
+        let atts = self.resolve_attachments(&id, &doc, parent.as_ref(), info.as_ref(), false)?;
+        let body = if doc.deleted && doc.body.is_empty() {
+            Map::new()
+        } else {
+            doc.body
+        };
+        let mut body_cbor = Vec::with_capacity(256);
+        cbor::encode_object(&body, true, &mut body_cbor);
+        let digests: Vec<String> = atts.iter().map(|a| a.meta.digest()).collect();
+        let rev = cbor::next_rev(doc.deleted, parent.as_ref(), &body_cbor, &digests);
+        let path: Vec<Rev> = std::iter::once(rev).chain(parent).collect();
+        self.commit_revision(&id, info, &path, doc.deleted, body, &body_cbor, atts)?;
+        Ok(WriteResult {
+            id,
+            rev: rev.to_string(),
+        })
+    }
+
+    /// `_rev` is not a leaf. If the same edit was already applied (a client retrying a write
+    /// whose answer it lost), answer it again; otherwise it is a conflict.
+    fn maybe_retry(
+        &self,
+        id: &str,
+        info: &DocInfo,
+        parent: Rev,
+        doc: &IncomingDoc,
+    ) -> Result<WriteResult, BarrelError> {
+        if !info.tree.contains(&parent) || doc.attachments.is_some() {
+            return Err(conflict());
+        }
+        let mut body_cbor = Vec::with_capacity(256);
+        cbor::encode_object(&doc.body, true, &mut body_cbor);
+        let rev = cbor::next_rev(doc.deleted, Some(&parent), &body_cbor, &[]);
+        match info.tree.get(&rev) {
+            Some(node) if node.parent == Some(parent) => Ok(WriteResult {
+                id: id.to_owned(),
+                rev: rev.to_string(),
+            }),
+            _ => Err(conflict()),
+        }
+    }
+
+    /// A replicated revision (`new_edits=false`): merged with its history as given.
+    fn replicate(&mut self, doc: IncomingDoc) -> Result<WriteResult, BarrelError> {
+        let id = doc
+            .id
+            .clone()
+            .ok_or_else(|| BarrelError::BadRequest("_id is required".into()))?;
+        if is_local_id(&id) {
+            return self.put_local(id, None, doc.deleted, doc.body, true);
+        }
+        let path = match (&doc.revisions, doc.rev) {
+            (Some(h), _) if !h.is_empty() => h.clone(),
+            (_, Some(rev)) => vec![rev],
+            _ => return Err(BarrelError::BadRequest("_rev is required".into())),
+        };
+        let leaf = path[0];
+        let info = load_info(&self.docs, &id)?;
+        if info.as_ref().is_some_and(|i| i.tree.contains(&leaf)) {
+            return Ok(WriteResult {
+                id,
+                rev: leaf.to_string(),
+            });
+        }
+        let atts = self.resolve_attachments(&id, &doc, None, info.as_ref(), true)?;
+        let mut body_cbor = Vec::with_capacity(256);
+        cbor::encode_object(&doc.body, true, &mut body_cbor);
+        self.commit_revision(&id, info, &path, doc.deleted, doc.body, &body_cbor, atts)?;
+        Ok(WriteResult {
+            id,
+            rev: leaf.to_string(),
+        })
+    }
+
+    /// Resolves `_attachments`: inline `data` becomes new content; a stub refers to an
+    /// attachment the parent (or, when replicating, any stored leaf) already has.
+    fn resolve_attachments(
+        &self,
+        id: &str,
+        doc: &IncomingDoc,
+        parent: Option<&Rev>,
+        info: Option<&DocInfo>,
+        replicating: bool,
+    ) -> Result<Vec<NewAttachment>, BarrelError> {
+        let Some(given) = &doc.attachments else {
+            return Ok(Vec::new());
+        };
+        let new_pos = doc.rev.map_or_else(
+            || parent.map_or(1, |p| p.pos + 1),
+            |r| {
+                if replicating {
+                    r.pos
+                } else {
+                    r.pos + 1
+                }
+            },
+        );
+        let mut known: Vec<AttachmentMeta> = Vec::new();
+        if replicating {
+            if let Some(info) = info {
+                for leaf in info.tree.leaves() {
+                    if let Some(d) = read_revision(&self.bodies, id, &leaf.rev)? {
+                        known.extend(d.attachments);
+                    }
+                }
+            }
+        } else if let Some(p) = parent {
+            if let Some(d) = read_revision(&self.bodies, id, p)? {
+                known = d.attachments;
+            }
+        }
+        let mut out = Vec::with_capacity(given.len());
+        for (name, spec) in given {
+            let bad = |why: &str| BarrelError::BadRequest(format!("attachment {name:?}: {why}"));
+            let spec = spec.as_object().ok_or_else(|| bad("must be an object"))?;
+            let content_type = match spec.get("content_type") {
+                None => "application/octet-stream".to_owned(),
+                Some(Value::String(s)) => s.clone(),
+                Some(_) => return Err(bad("content_type must be a string")),
+            };
+            if let Some(data) = spec.get("data") {
+                let data = data
+                    .as_str()
+                    .ok_or_else(|| bad("data must be a base64 string"))?;
+                let bytes = STANDARD
+                    .decode(data)
+                    .map_err(|_| bad("data is not valid base64"))?;
+                let meta = AttachmentMeta {
+                    name: name.clone(),
+                    content_type,
+                    length: bytes.len() as u64,
+                    sha256: Sha256::digest(&bytes).into(),
+                    md5: Md5::digest(&bytes).into(),
+                    revpos: spec
+                        .get("revpos")
+                        .and_then(Value::as_u64)
+                        .filter(|_| replicating)
+                        .unwrap_or(new_pos),
+                };
+                out.push(NewAttachment {
+                    meta,
+                    data: Some(bytes),
+                });
+            } else if spec.get("stub").and_then(Value::as_bool) == Some(true) {
+                let digest = spec.get("digest").and_then(Value::as_str);
+                let found = known
+                    .iter()
+                    .find(|a| a.name == *name && digest.is_none_or(|d| d == a.digest()))
+                    .or_else(|| {
+                        known
+                            .iter()
+                            .find(|a| digest.is_some_and(|d| d == a.digest()))
+                    })
+                    .ok_or_else(|| bad("stub refers to an attachment this document lacks"))?;
+                let mut meta = found.clone();
+                meta.name = name.clone();
+                out.push(NewAttachment { meta, data: None });
+            } else {
+                return Err(bad("needs either data (base64) or stub: true"));
+            }
+        }
+        out.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        Ok(out)
+    }
+
+    /// Merges `path` (newest first) into the document's tree with the leaf's body, keeps
+    /// bodies only on leaves, updates the path index, the changes feed and the counts.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_revision(
+        &mut self,
+        id: &str,
+        info: Option<DocInfo>,
+        path: &[Rev],
+        deleted: bool,
+        body: Map<String, Value>,
+        body_cbor: &[u8],
+        atts: Vec<NewAttachment>,
+    ) -> Result<(), BarrelError> {
+        let (mut tree, old_seq) = match info {
+            Some(i) => (i.tree, Some(i.seq)),
+            None => (RevTree::new(), None),
+        };
+        let old_winner = tree.winner();
+        let old_leaves: BTreeSet<Rev> = tree.leaves().into_iter().map(|l| l.rev).collect();
+        tree.merge_path(path, deleted);
+        tree.stem(self.revs_limit);
+        let leaves = tree.leaves();
+        let new_winner = leaves[0];
+        let leaf = path[0];
+
+        // Content of new attachments, once per barrel.
+        let metas: Vec<AttachmentMeta> = atts
+            .into_iter()
+            .map(|a| {
+                if let Some(data) = a.data {
+                    if self.attachments.get(&a.meta.sha256[..])?.is_none() {
+                        self.attachments
+                            .insert(&a.meta.sha256[..], data.as_slice())?;
+                    }
+                }
+                Ok(a.meta)
+            })
+            .collect::<Result<_, BarrelError>>()?;
+
+        // The old winner's body, needed for the index diff and for listeners.
+        let old_body = match old_winner {
+            Some(w) if !w.deleted && w.rev != new_winner.rev => {
+                read_revision(&self.bodies, id, &w.rev)?.map(|d| d.body)
+            }
+            _ => None,
+        };
+        let leaf_is_leaf = leaves.iter().any(|l| l.rev == leaf);
+        if leaf_is_leaf {
+            let raw = encode_revision(deleted, &metas, body_cbor);
+            self.bodies
+                .insert(body_key(id, &leaf).as_slice(), raw.as_slice())?;
+        }
+        for gone in old_leaves.iter().filter(|r| !tree.is_leaf(r)) {
+            self.bodies.remove(body_key(id, gone).as_slice())?;
+        }
+
+        let winner_changed =
+            old_winner.map(|w| (w.rev, w.deleted)) != Some((new_winner.rev, new_winner.deleted));
+        let mut new_body = None;
+        if winner_changed {
+            let new_live = if new_winner.deleted {
+                None
+            } else if new_winner.rev == leaf {
+                Some(body)
+            } else {
+                read_revision(&self.bodies, id, &new_winner.rev)?.map(|d| d.body)
+            };
+            let old_live = match old_winner {
+                Some(w) if !w.deleted => old_body,
+                _ => None,
+            };
+            self.reindex(id, old_live.as_ref(), new_live.as_ref())?;
+            match (old_winner.map(|w| w.deleted), new_winner.deleted) {
+                (None, false) => self.doc_count += 1,
+                (None, true) => self.deleted_count += 1,
+                (Some(false), true) => {
+                    self.doc_count -= 1;
+                    self.deleted_count += 1;
+                }
+                (Some(true), false) => {
+                    self.deleted_count -= 1;
+                    self.doc_count += 1;
+                }
+                _ => {}
+            }
+            new_body = Some((old_live.map(Arc::new), new_live.map(Arc::new)));
+        }
+
+        self.seq += 1;
+        if let Some(s) = old_seq {
+            self.changes_table.remove(s)?;
+        }
+        self.changes_table.insert(self.seq, id)?;
+        let info = DocInfo {
+            v: FORMAT,
+            tree,
+            seq: self.seq,
+        };
+        self.docs.insert(id, encode_info(&info).as_slice())?;
+        let (old, new) = match new_body {
+            Some(pair) => pair,
+            // The winner stayed (a losing branch changed): its body is still the live one.
+            None if !new_winner.deleted => {
+                let b = read_revision(&self.bodies, id, &new_winner.rev)?.map(|d| Arc::new(d.body));
+                (b.clone(), b)
+            }
+            None => (None, None),
+        };
+        self.changes.push(DocumentChanged {
+            seq: self.seq,
+            id: id.to_owned(),
+            rev: new_winner.rev,
+            deleted: new_winner.deleted,
+            old,
+            new,
+        });
+        Ok(())
+    }
+
+    /// Replaces the index entries of `old` by those of `new`, touching only the difference.
+    fn reindex(
+        &mut self,
+        id: &str,
+        old: Option<&Map<String, Value>>,
+        new: Option<&Map<String, Value>>,
+    ) -> Result<(), BarrelError> {
+        let keys = |b: Option<&Map<String, Value>>| -> BTreeSet<Vec<u8>> {
+            b.map(|b| {
+                path::index_entries(b)
+                    .into_iter()
+                    .map(|(p, v)| path::index_key(&p, v, id))
+                    .collect()
+            })
+            .unwrap_or_default()
+        };
+        let (old, new) = (keys(old), keys(new));
+        for k in old.difference(&new) {
+            self.paths.remove(k.as_slice())?;
+        }
+        for k in new.difference(&old) {
+            self.paths.insert(k.as_slice(), ())?;
+        }
+        Ok(())
+    }
+}
+
+fn conflict() -> BarrelError {
+    BarrelError::Conflict("document update conflict".into())
+}
+
+/// A new document id: 128 random bits as 32 lowercase hex characters.
+pub fn new_doc_id() -> Result<String, BarrelError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|e| BarrelError::Storage(format!("random: {e}")))?;
+    Ok(cooper_protocols::ids::hex(&bytes))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query planning and evaluation.
+
+/// A contiguous range of index keys.
+#[derive(Debug, Clone)]
+struct KeyRange {
+    lo: Bound<Vec<u8>>,
+    hi: Bound<Vec<u8>>,
+}
+
+impl KeyRange {
+    fn prefix(prefix: Vec<u8>) -> Self {
+        let hi = successor(&prefix).map_or(Bound::Unbounded, Bound::Excluded);
+        Self {
+            lo: Bound::Included(prefix),
+            hi,
+        }
+    }
+
+    fn contains(&self, k: &[u8]) -> bool {
+        let above = match &self.lo {
+            Bound::Included(l) => k >= l.as_slice(),
+            Bound::Excluded(l) => k > l.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let below = match &self.hi {
+            Bound::Included(h) => k <= h.as_slice(),
+            Bound::Excluded(h) => k < h.as_slice(),
+            Bound::Unbounded => true,
+        };
+        above && below
+    }
+
+    /// This range narrowed to keys after `after` in scan order.
+    fn bounds_after(&self, after: Option<&[u8]>, desc: bool) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
+        let (mut lo, mut hi) = (self.lo.clone(), self.hi.clone());
+        if let Some(a) = after {
+            if desc {
+                let tighter = match &hi {
+                    Bound::Included(h) | Bound::Excluded(h) => a <= h.as_slice(),
+                    Bound::Unbounded => true,
+                };
+                if tighter {
+                    hi = Bound::Excluded(a.to_vec());
+                }
+            } else {
+                let tighter = match &lo {
+                    Bound::Included(l) | Bound::Excluded(l) => a >= l.as_slice(),
+                    Bound::Unbounded => true,
+                };
+                if tighter {
+                    lo = Bound::Excluded(a.to_vec());
+                }
+            }
+        }
+        (lo, hi)
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`.
+fn successor(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut s = prefix.to_vec();
+    while let Some(last) = s.pop() {
+        if last < 0xFF {
+            s.push(last + 1);
+            return Some(s);
+        }
+    }
+    None
+}
+
+#[derive(Debug)]
+enum Driver {
+    /// Every live document in id order.
+    Ids,
+    /// Walk one path's index over `ranges`, in order.
+    Scan { ranges: Vec<KeyRange>, desc: bool },
+    /// Collect candidate ids from `ranges`, then sort by `order_path`.
+    Collect {
+        ranges: Vec<KeyRange>,
+        order_path: String,
+        desc: bool,
+    },
+}
+
+#[derive(Debug)]
+struct Planned {
+    driver: Driver,
+    index: Option<String>,
+    full_scan: bool,
+}
+
+impl Planned {
+    fn explain(&self, query: &Query) -> Plan {
+        let (strategy, ranges) = match &self.driver {
+            Driver::Ids if self.full_scan => ("full-scan", 0),
+            Driver::Ids => ("ids", 0),
+            Driver::Scan { ranges, .. } => ("index-scan", ranges.len()),
+            Driver::Collect { ranges, .. } => ("index-collect", ranges.len()),
+        };
+        Plan {
+            strategy,
+            index: self.index.clone(),
+            ranges,
+            filters: query.conditions.len(),
+            full_scan: self.full_scan,
+        }
+    }
+}
+
+fn path_prefix(p: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.len() + 2);
+    path::encode_path(p, &mut out);
+    out
+}
+
+fn scalar_key(prefix: &[u8], v: &Value) -> Option<Vec<u8>> {
+    let mut k = prefix.to_vec();
+    path::encode_scalar(v, &mut k).then_some(k)
+}
+
+/// The type tag range of a scalar's group: numbers with numbers, strings with strings.
+fn type_group(prefix: &[u8], v: &Value) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut k = Vec::new();
+    if !path::encode_scalar(v, &mut k) {
+        return None;
+    }
+    let (lo, hi) = match k[0] {
+        path::tag::FALSE | path::tag::TRUE => (path::tag::FALSE, path::tag::TRUE + 1),
+        t => (t, t + 1),
+    };
+    let mut a = prefix.to_vec();
+    a.push(lo);
+    let mut b = prefix.to_vec();
+    b.push(hi);
+    Some((a, b))
+}
+
+/// Key ranges of the index of `cond.path` that hold every document the condition admits,
+/// sorted and disjoint; `None` when the index cannot answer it (`exists.false`).
+fn ranges_for(cond: &Condition) -> Result<Option<Vec<KeyRange>>, BarrelError> {
+    let prefix = path_prefix(&cond.path);
+    let not_scalar = || {
+        BarrelError::BadRequest(format!(
+            "the value compared with {} must be a string, number, boolean or null",
+            cond.path
+        ))
+    };
+    let eq = |v: &Value| -> Result<KeyRange, BarrelError> {
+        Ok(KeyRange::prefix(
+            scalar_key(&prefix, v).ok_or_else(not_scalar)?,
+        ))
+    };
+    let ranges = match &cond.op {
+        Op::Eq(v) => vec![eq(v)?],
+        Op::In(vs) => {
+            let mut keys: Vec<Vec<u8>> = vs
+                .iter()
+                .map(|v| scalar_key(&prefix, v).ok_or_else(not_scalar))
+                .collect::<Result<_, _>>()?;
+            keys.sort();
+            keys.dedup();
+            keys.into_iter().map(KeyRange::prefix).collect()
+        }
+        Op::Prefix(p) => {
+            let mut k = scalar_key(&prefix, &Value::String(p.clone())).ok_or_else(not_scalar)?;
+            k.truncate(k.len() - 2); // drop the string terminator: any continuation matches
+            vec![KeyRange::prefix(k)]
+        }
+        Op::Gt(v) | Op::Gte(v) | Op::Lt(v) | Op::Lte(v) => {
+            let key = scalar_key(&prefix, v).ok_or_else(not_scalar)?;
+            let (group_lo, group_hi) = type_group(&prefix, v).ok_or_else(not_scalar)?;
+            let after = successor(&key).map_or(Bound::Unbounded, Bound::Excluded);
+            let r = match &cond.op {
+                Op::Gt(_) => KeyRange {
+                    lo: after.clone().map_bound_included(),
+                    hi: Bound::Excluded(group_hi),
+                },
+                Op::Gte(_) => KeyRange {
+                    lo: Bound::Included(key),
+                    hi: Bound::Excluded(group_hi),
+                },
+                Op::Lt(_) => KeyRange {
+                    lo: Bound::Included(group_lo),
+                    hi: Bound::Excluded(key),
+                },
+                _ => KeyRange {
+                    lo: Bound::Included(group_lo),
+                    hi: after,
+                },
+            };
+            vec![r]
+        }
+        Op::Ne(v) => {
+            let key = scalar_key(&prefix, v).ok_or_else(not_scalar)?;
+            let whole = KeyRange::prefix(prefix.clone());
+            let after = successor(&key).map_or(Bound::Unbounded, Bound::Included);
+            vec![
+                KeyRange {
+                    lo: whole.lo.clone(),
+                    hi: Bound::Excluded(key),
+                },
+                KeyRange {
+                    lo: after,
+                    hi: whole.hi,
+                },
+            ]
+        }
+        Op::Exists(true) => {
+            // Scalars at the path, and anything below it (the path holds a container).
+            let mut below = cond.path.as_bytes().to_vec();
+            below.push(b'/');
+            let mut rs = vec![KeyRange::prefix(prefix), KeyRange::prefix(below)];
+            rs.sort_by(|a, b| bound_key(&a.lo).cmp(bound_key(&b.lo)));
+            rs
+        }
+        Op::Exists(false) => return Ok(None),
+    };
+    Ok(Some(ranges))
+}
+
+/// The first of a document's index keys that lies in `ranges`, in scan order.
+fn first_key(doc: &DocRevision, ranges: &[KeyRange], desc: bool) -> Option<Vec<u8>> {
+    let keys = path::index_entries(&doc.body)
+        .into_iter()
+        .map(|(p, v)| path::index_key(&p, v, &doc.id))
+        .filter(|k| ranges.iter().any(|r| r.contains(k)));
+    if desc {
+        keys.max()
+    } else {
+        keys.min()
+    }
+}
+
+fn bound_key(b: &Bound<Vec<u8>>) -> &[u8] {
+    match b {
+        Bound::Included(k) | Bound::Excluded(k) => k,
+        Bound::Unbounded => &[],
+    }
+}
+
+trait IncludedBound {
+    fn map_bound_included(self) -> Bound<Vec<u8>>;
+}
+
+impl IncludedBound for Bound<Vec<u8>> {
+    /// `Excluded(successor)` as a lower bound means "from the successor on", i.e. included.
+    fn map_bound_included(self) -> Bound<Vec<u8>> {
+        match self {
+            Bound::Excluded(k) => Bound::Included(k),
+            other => other,
+        }
+    }
+}
+
+/// How selective an operator usually is: lower drives the query first.
+fn rank(op: &Op) -> u8 {
+    match op {
+        Op::Eq(_) => 0,
+        Op::In(_) => 1,
+        Op::Prefix(_) => 2,
+        Op::Gt(_) | Op::Gte(_) | Op::Lt(_) | Op::Lte(_) => 3,
+        Op::Ne(_) | Op::Exists(true) => 4,
+        Op::Exists(false) => 5,
+    }
+}
+
+fn conditions_on(conds: &[Condition], p: &str) -> Option<Op> {
+    conds
+        .iter()
+        .filter(|c| c.path == p)
+        .min_by_key(|c| rank(&c.op))
+        .map(|c| c.op.clone())
+}
+
+fn plan<T: ReadableTable<&'static [u8], ()>>(
+    query: &Query,
+    paths: &T,
+) -> Result<Planned, BarrelError> {
+    // Validate every condition's operand up front, so a bad one is a 400 whatever the plan.
+    let mut candidates = Vec::new();
+    for c in &query.conditions {
+        if let Some(r) = ranges_for(c)? {
+            candidates.push((rank(&c.op), c, r));
+        }
+    }
+    candidates.sort_by_key(|(r, _, _)| *r);
+    if let Some((order_path, desc)) = &query.order {
+        let desc = *desc;
+        if let Some((_, _, ranges)) = candidates.iter().find(|(_, c, _)| &c.path == order_path) {
+            return Ok(Planned {
+                driver: Driver::Scan {
+                    ranges: ranges.clone(),
+                    desc,
+                },
+                index: Some(order_path.clone()),
+                full_scan: false,
+            });
+        }
+        if let Some((_, c, ranges)) = candidates.iter().find(|(r, _, _)| *r <= 1) {
+            if count_up_to(paths, ranges, COLLECT_LIMIT + 1)? <= COLLECT_LIMIT {
+                return Ok(Planned {
+                    driver: Driver::Collect {
+                        ranges: ranges.clone(),
+                        order_path: order_path.clone(),
+                        desc,
+                    },
+                    index: Some(c.path.clone()),
+                    full_scan: false,
+                });
+            }
+        }
+        return Ok(Planned {
+            driver: Driver::Scan {
+                ranges: vec![KeyRange::prefix(path_prefix(order_path))],
+                desc,
+            },
+            index: Some(order_path.clone()),
+            full_scan: false,
+        });
+    }
+    if let Some((_, c, ranges)) = candidates.first() {
+        return Ok(Planned {
+            driver: Driver::Scan {
+                ranges: ranges.clone(),
+                desc: false,
+            },
+            index: Some(c.path.clone()),
+            full_scan: false,
+        });
+    }
+    Ok(Planned {
+        driver: Driver::Ids,
+        index: None,
+        full_scan: !query.conditions.is_empty(),
+    })
+}
+
+fn count_up_to<T: ReadableTable<&'static [u8], ()>>(
+    paths: &T,
+    ranges: &[KeyRange],
+    max: usize,
+) -> Result<usize, BarrelError> {
+    let mut n = 0;
+    for r in ranges {
+        for entry in paths.range::<&[u8]>((as_slice_bound(&r.lo), as_slice_bound(&r.hi)))? {
+            entry?;
+            n += 1;
+            if n >= max {
+                return Ok(n);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The value a document sorts by at `p`: among its scalars there that `op` admits, the
+/// smallest (ascending) or the greatest (descending).
+fn sort_value(body: &Map<String, Value>, p: &str, op: Option<&Op>, desc: bool) -> Option<Value> {
+    let root = BodyRef(body);
+    let vals = root.values_at(p);
+    let admitted = vals
+        .into_iter()
+        .filter(|v| is_scalar(v) && op.is_none_or(|op| admits(op, v)));
+    let pick = if desc {
+        admitted.max_by(|a, b| path::compare(a, b))
+    } else {
+        admitted.min_by(|a, b| path::compare(a, b))
+    };
+    pick.cloned()
+}
+
+/// Borrowed view of a body as a JSON object value, without cloning it.
+struct BodyRef<'a>(&'a Map<String, Value>);
+
+impl<'a> BodyRef<'a> {
+    fn values_at(&self, p: &str) -> Vec<&'a Value> {
+        let segs = path::segments(p);
+        let Some((first, rest)) = segs.split_first() else {
+            return Vec::new();
+        };
+        let starts: Vec<&'a Value> = if first == "*" {
+            self.0.get("*").into_iter().collect()
+        } else {
+            self.0.get(first.as_str()).into_iter().collect()
+        };
+        if rest.is_empty() {
+            return starts;
+        }
+        let mut tail = String::new();
+        for s in rest {
+            tail.push('/');
+            tail.push_str(&s.replace('~', "~0").replace('/', "~1"));
+        }
+        starts
+            .into_iter()
+            .flat_map(|v| path::values_at(v, &tail))
+            .collect()
+    }
+}
+
+fn is_scalar(v: &Value) -> bool {
+    !matches!(v, Value::Array(_) | Value::Object(_))
+}
+
+fn same_group(a: &Value, b: &Value) -> bool {
+    matches!(
+        (a, b),
+        (Value::Number(_), Value::Number(_))
+            | (Value::String(_), Value::String(_))
+            | (Value::Bool(_), Value::Bool(_))
+            | (Value::Null, Value::Null)
+    )
+}
+
+/// Whether one value at the path satisfies `op` (for the value-wise operators).
+fn admits(op: &Op, v: &Value) -> bool {
+    let cmp = |x: &Value| same_group(v, x).then(|| path::compare(v, x));
+    match op {
+        Op::Eq(x) => cmp(x).is_some_and(|o| o.is_eq()),
+        Op::Ne(x) => cmp(x).is_none_or(|o| o.is_ne()),
+        Op::Gt(x) => cmp(x).is_some_and(|o| o.is_gt()),
+        Op::Gte(x) => cmp(x).is_some_and(|o| o.is_ge()),
+        Op::Lt(x) => cmp(x).is_some_and(|o| o.is_lt()),
+        Op::Lte(x) => cmp(x).is_some_and(|o| o.is_le()),
+        Op::In(xs) => xs.iter().any(|x| cmp(x).is_some_and(|o| o.is_eq())),
+        Op::Prefix(p) => v.as_str().is_some_and(|s| s.starts_with(p.as_str())),
+        Op::Exists(e) => *e,
+    }
+}
+
+/// Whether a body satisfies one condition.
+fn matches(cond: &Condition, body: &Map<String, Value>) -> bool {
+    let vals = BodyRef(body).values_at(&cond.path);
+    match &cond.op {
+        Op::Exists(e) => vals.is_empty() != *e,
+        Op::Ne(x) => {
+            let scalars: Vec<_> = vals.iter().filter(|v| is_scalar(v)).collect();
+            !scalars.is_empty() && !scalars.iter().any(|v| admits(&Op::Eq(x.clone()), v))
+        }
+        op => vals.iter().any(|v| is_scalar(v) && admits(op, v)),
+    }
+}
+
+fn matches_all(conds: &[Condition], body: &Map<String, Value>) -> bool {
+    conds.iter().all(|c| matches(c, body))
+}
+
+/// The opaque `next` cursor.
+#[derive(Debug, Clone, PartialEq)]
+enum Cursor {
+    /// Resume after this key (index key, or document id for the `ids` plan).
+    Key(Vec<u8>),
+    /// Resume after this (sort key, id) of a collected-and-sorted page.
+    Sorted(Vec<u8>, String),
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        let mut raw = vec![1u8];
+        match self {
+            Cursor::Key(k) => {
+                raw.push(b'k');
+                raw.extend_from_slice(k);
+            }
+            Cursor::Sorted(k, id) => {
+                raw.push(b's');
+                raw.extend_from_slice(&(k.len() as u32).to_be_bytes());
+                raw.extend_from_slice(k);
+                raw.extend_from_slice(id.as_bytes());
+            }
+        }
+        URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    fn decode(s: &str) -> Result<Self, BarrelError> {
+        let raw = URL_SAFE_NO_PAD.decode(s).map_err(|_| bad_cursor())?;
+        match raw.as_slice() {
+            [1, b'k', rest @ ..] => Ok(Cursor::Key(rest.to_vec())),
+            [1, b's', a, b, c, d, rest @ ..] => {
+                let n = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+                if rest.len() < n {
+                    return Err(bad_cursor());
+                }
+                let id = std::str::from_utf8(&rest[n..]).map_err(|_| bad_cursor())?;
+                Ok(Cursor::Sorted(rest[..n].to_vec(), id.to_owned()))
+            }
+            _ => Err(bad_cursor()),
+        }
+    }
+}
