@@ -31,3 +31,8 @@ pub use config::Config;
 pub use cooper_actors as actors;
 pub use cooper_protocols as protocols;
 pub use node::{Node, NodeError};
+
+/// The README's Rust examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

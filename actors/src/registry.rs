@@ -149,11 +149,8 @@ impl Registry {
         if self.open.contains_key(name.as_str()) || self.failed.contains_key(name.as_str()) {
             return Err(BarrelError::AlreadyExists(name.to_string()));
         }
-        // A file left by a crash between its creation and the catalog commit is stale.
-        let file = barrel_file(&self.config.data_dir, name);
-        if file.exists() {
-            std::fs::remove_file(&file)?;
-        }
+        // A file without a catalog entry (left by a crash between its creation and the catalog
+        // commit, or put there by hand) is adopted, never overwritten.
         let handle = self.start_barrel(name)?;
         let created_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)

@@ -151,11 +151,54 @@ pub fn topics(id: &str, body: &Map<String, Value>) -> Vec<String> {
     out
 }
 
+/// The topics a change of a document publishes (DESIGN §4): those of the previous live winner
+/// (so a subscriber learns that a document left the set it watches) and of the new live
+/// winner, each once, in that order; `_id/<id>` always. A deletion passes `new = None`.
+pub fn change_topics(
+    id: &str,
+    old: Option<&Map<String, Value>>,
+    new: Option<&Map<String, Value>>,
+) -> Vec<String> {
+    let mut out = topics(id, old.unwrap_or(&Map::new()));
+    if let Some(new) = new {
+        let seen: std::collections::HashSet<String> = out.iter().cloned().collect();
+        out.extend(
+            topics(id, new)
+                .into_iter()
+                .skip(1)
+                .filter(|t| !seen.contains(t)),
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn change_topics_cover_the_old_and_the_new_winner() {
+        let old = json!({"status": "open", "n": 1});
+        let new = json!({"status": "closed", "n": 1});
+        let (old, new) = (old.as_object().unwrap(), new.as_object().unwrap());
+        assert_eq!(
+            change_topics("t", Some(old), Some(new)),
+            ["_id/t", "n/1", "status/open", "status/closed"]
+        );
+        // A deletion: the last live revision's topics, and the id.
+        assert_eq!(
+            change_topics("t", Some(old), None),
+            ["_id/t", "n/1", "status/open"]
+        );
+        // A creation.
+        assert_eq!(
+            change_topics("t", None, Some(new)),
+            ["_id/t", "n/1", "status/closed"]
+        );
+        assert!(f("status/open").matches(&change_topics("t", Some(old), Some(new))[2]));
+    }
 
     fn f(filter: &str) -> TopicFilter {
         TopicFilter::parse(filter).unwrap_or_else(|e| panic!("{filter:?}: {e}"))

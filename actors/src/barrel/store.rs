@@ -1281,11 +1281,7 @@ impl<'t> Writer<'t> {
             }
         };
         let atts = self.resolve_attachments(&id, &doc, parent.as_ref(), info.as_ref(), false)?;
-        let body = if doc.deleted && doc.body.is_empty() {
-            Map::new()
-        } else {
-            doc.body
-        };
+        let body = doc.body;
         let mut body_cbor = Vec::with_capacity(256);
         cbor::encode_object(&body, true, &mut body_cbor);
         let digests: Vec<String> = atts.iter().map(|a| a.meta.digest()).collect();
