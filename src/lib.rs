@@ -3,8 +3,10 @@
 //!
 //! | module | holds |
 //! |---|---|
-//! | [`config`] | [`Config`]: data directory and limits |
+//! | [`config`] | [`Config`]: data directory, HTTP address, limits, auth; from TOML, env and flags |
 //! | [`node`] | [`Node`]: start, barrels, shutdown |
+//! | [`http`] | the REST API (actix-web): routes, errors, auth, OpenAPI |
+//! | [`client`] | the HTTP client behind the `cooper` CLI's client commands |
 //!
 //! The parts underneath are re-exported: [`protocols`] (pure data: ids, revisions, paths,
 //! topics) and [`actors`] (barrels, their store and the registry).
@@ -24,7 +26,9 @@
 //! # }
 //! ```
 
+pub mod client;
 pub mod config;
+pub mod http;
 pub mod node;
 
 pub use config::Config;

@@ -1,15 +1,21 @@
-//! The embedding facade: [`Node::start`] opens the data directory and starts the actors;
-//! [`Node::shutdown`] stops them in reverse order, after queued writes have committed.
+//! The embedding facade: [`Node::start`] opens the data directory, starts the actors and,
+//! when configured, the HTTP API; [`Node::shutdown`] stops them in reverse order, after
+//! queued writes have committed.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use actix::{Actor, Addr};
 use cooper_actors::barrel::store::StoreOptions;
 use cooper_actors::registry::{
-    CreateBarrel, DeleteBarrel, ListBarrels, OpenBarrel, Registry, RegistryConfig, Shutdown,
+    BarrelMap, CreateBarrel, DeleteBarrel, ListBarrels, Registry, RegistryConfig, Shutdown,
 };
 use cooper_actors::{BarrelError, BarrelHandle};
 use cooper_protocols::ids::BarrelName;
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+use crate::http::{auth::Auth, AppState, HttpService};
 
 /// Why a node operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +24,17 @@ pub enum NodeError {
     /// A barrel operation failed.
     #[error(transparent)]
     Barrel(#[from] BarrelError),
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The HTTP server could not start (e.g. the address is taken).
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
     /// The node is shutting down.
     #[error("node is shutting down")]
     Stopped,
@@ -29,61 +46,114 @@ impl From<actix::MailboxError> for NodeError {
     }
 }
 
-/// A running Cooper node. Start it inside an actix system (`#[actix::main]`,
-/// `actix_rt::System`), use its barrels, then [`Node::shutdown`] it.
+/// A running Cooper node. Start it inside an actix system (`#[actix_rt::main]`,
+/// `actix_rt::System`), use its barrels, then [`Node::shutdown`] it. Clones share the node.
 #[derive(Debug, Clone)]
 pub struct Node {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     registry: Addr<Registry>,
-    config: Config,
+    barrels: BarrelMap,
+    config: Arc<Config>,
+    http: OnceLock<HttpService>,
 }
 
 impl Node {
-    /// Opens `config.data_dir` (creating it if needed), migrates and opens every barrel.
+    /// Checks the configuration, opens `config.data_dir` (creating it if needed), migrates and
+    /// opens every barrel, and serves HTTP when `config.http` is set.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
+        config.check()?;
         let registry = Registry::open(RegistryConfig {
             data_dir: config.data_dir.clone(),
             store: StoreOptions {
                 revs_limit: config.revs_limit,
             },
             arbiters: config.barrel_threads,
-        })?
-        .start();
-        tracing::info!(data = %config.data_dir.display(), "cooper node started");
-        Ok(Node { registry, config })
+        })?;
+        let barrels = registry.barrel_map();
+        let registry = registry.start();
+        let config = Arc::new(config);
+        let node = Node {
+            inner: Arc::new(Inner {
+                registry,
+                barrels,
+                config: config.clone(),
+                http: OnceLock::new(),
+            }),
+        };
+        if let Some(addr) = config.http {
+            let state = AppState {
+                node: node.clone(),
+                config: config.clone(),
+                auth: Arc::new(Auth::new(config.auth.clone())),
+                started: Instant::now(),
+            };
+            let service = match HttpService::start(state, addr) {
+                Ok(s) => s,
+                Err(source) => {
+                    let _ = node.inner.registry.send(Shutdown).await;
+                    return Err(NodeError::Http { addr, source });
+                }
+            };
+            tracing::info!(http = %service.addr, data = %config.data_dir.display(), "cooper node listening");
+            let _ = node.inner.http.set(service);
+        } else {
+            tracing::info!(data = %config.data_dir.display(), "cooper node started");
+        }
+        Ok(node)
     }
 
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.inner.config
+    }
+
+    /// The address the HTTP API is bound to, if it serves one.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.inner.http.get().map(|h| h.addr)
     }
 
     /// Creates a barrel.
     pub async fn create_barrel(&self, name: &str) -> Result<BarrelHandle, NodeError> {
         let name = parse_name(name)?;
-        Ok(self.registry.send(CreateBarrel(name)).await??)
+        Ok(self.inner.registry.send(CreateBarrel(name)).await??)
     }
 
     /// An existing barrel.
     pub async fn barrel(&self, name: &str) -> Result<BarrelHandle, NodeError> {
-        let name = parse_name(name)?;
-        Ok(self.registry.send(OpenBarrel(name)).await??)
+        Ok(self.open_barrel(&parse_name(name)?)?)
+    }
+
+    /// An existing barrel, looked up without waiting for the registry.
+    pub fn open_barrel(&self, name: &BarrelName) -> Result<BarrelHandle, BarrelError> {
+        let map = self.inner.barrels.read().unwrap_or_else(|e| e.into_inner());
+        match map.get(name.as_str()) {
+            Some(found) => found.clone(),
+            None => Err(BarrelError::not_found("no such barrel")),
+        }
     }
 
     /// Names of all barrels, sorted.
     pub async fn barrels(&self) -> Result<Vec<String>, NodeError> {
-        Ok(self.registry.send(ListBarrels).await?)
+        Ok(self.inner.registry.send(ListBarrels).await?)
     }
 
     /// Deletes a barrel and its file.
     pub async fn delete_barrel(&self, name: &str) -> Result<(), NodeError> {
         let name = parse_name(name)?;
-        Ok(self.registry.send(DeleteBarrel(name)).await??)
+        Ok(self.inner.registry.send(DeleteBarrel(name)).await??)
     }
 
-    /// Stops the node: every barrel commits its queued writes and closes, then the barrel
-    /// threads stop.
+    /// Stops the node: the HTTP API finishes the requests in flight, then every barrel commits
+    /// its queued writes and closes its file.
     pub async fn shutdown(self) -> Result<(), NodeError> {
-        self.registry.send(Shutdown).await?;
+        if let Some(http) = self.inner.http.get() {
+            http.stop().await;
+        }
+        self.inner.registry.send(Shutdown).await?;
         tracing::info!("cooper node stopped");
         Ok(())
     }

@@ -230,10 +230,14 @@ fn writer_loop(
         }
         let started = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| store.apply(ops)));
+        let elapsed = started.elapsed();
+        metrics::histogram!("cooper_commit_seconds").record(elapsed.as_secs_f64());
+        metrics::histogram!("cooper_commit_batch_documents").record(count as f64);
         tracing::debug!(barrel = %name, requests = replies.len(), docs = count,
-            micros = started.elapsed().as_micros() as u64, "group commit");
+            micros = elapsed.as_micros() as u64, "group commit");
         match outcome {
             Ok(Ok((results, changes))) => {
+                metrics::counter!("cooper_documents_written_total").increment(changes.len() as u64);
                 for change in changes {
                     // No subscriber is not an error.
                     let _ = events.send(Arc::new(change));

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use actix::{Actor, Arbiter, Context, Handler, Message, ResponseFuture};
@@ -17,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use crate::barrel::store::{Store, StoreOptions};
 use crate::barrel::{Barrel, BarrelHandle, Close};
 use crate::error::BarrelError;
+
+/// Open barrels by name, shared with the HTTP layer for lookups without a message round
+/// trip; a barrel that could not be opened maps to why. Only the registry writes it.
+pub type BarrelMap = Arc<RwLock<BTreeMap<String, Result<BarrelHandle, BarrelError>>>>;
 
 /// `barrels`: name → [`CatalogEntry`] (CBOR).
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("barrels");
@@ -83,6 +87,7 @@ pub struct Registry {
     failed: BTreeMap<String, BarrelError>,
     arbiters: Vec<Arbiter>,
     next: usize,
+    shared: BarrelMap,
 }
 
 impl Registry {
@@ -104,6 +109,7 @@ impl Registry {
             failed: BTreeMap::new(),
             arbiters,
             next: 0,
+            shared: BarrelMap::default(),
         };
         for name in registry.catalog()? {
             let Ok(barrel) = BarrelName::new(&name) else {
@@ -120,7 +126,25 @@ impl Registry {
                 }
             }
         }
+        registry.publish();
         Ok(registry)
+    }
+
+    /// The shared map of open barrels, kept up to date by the registry.
+    pub fn barrel_map(&self) -> BarrelMap {
+        self.shared.clone()
+    }
+
+    /// Copies the open and failed barrels into the shared map.
+    fn publish(&self) {
+        let mut map = self.shared.write().unwrap_or_else(|e| e.into_inner());
+        map.clear();
+        for (name, h) in &self.open {
+            map.insert(name.clone(), Ok(h.clone()));
+        }
+        for (name, e) in &self.failed {
+            map.insert(name.clone(), Err(e.clone()));
+        }
     }
 
     fn node_db(&self) -> Result<&Database, BarrelError> {
@@ -163,6 +187,7 @@ impl Registry {
             .insert(name.as_str(), entry.as_slice())?;
         txn.commit()?;
         self.open.insert(name.to_string(), handle.clone());
+        self.publish();
         Ok(handle)
     }
 }
@@ -230,6 +255,7 @@ impl Handler<DeleteBarrel> for Registry {
         let name = msg.0;
         let handle = self.open.remove(name.as_str());
         let was_failed = self.failed.remove(name.as_str()).is_some();
+        self.publish();
         if handle.is_none() && !was_failed {
             return Box::pin(async { Err(BarrelError::not_found("no such barrel")) });
         }
@@ -260,6 +286,7 @@ impl Handler<Shutdown> for Registry {
         let handles: Vec<BarrelHandle> = std::mem::take(&mut self.open).into_values().collect();
         self.failed.clear();
         self.node_db = None;
+        self.publish();
         Box::pin(async move {
             for h in handles {
                 let _ = h.addr().send(Close).await;

@@ -1,0 +1,306 @@
+//! The HTTP interface (DESIGN §6): the native REST API over actix-web.
+//!
+//! Every route is declared once, in the [`routes!`] table below, which both registers it with
+//! actix-web and describes it in `/openapi.json` — the description cannot drift from the
+//! routes. Errors become statuses in exactly one place, [`error`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::middleware::{from_fn, Next};
+use actix_web::{web, App, HttpRequest, HttpServer};
+use cooper_actors::BarrelHandle;
+use cooper_protocols::ids::BarrelName;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::node::Node;
+
+pub mod auth;
+mod barrels;
+mod changes;
+mod docs;
+pub mod error;
+mod info;
+pub mod openapi;
+mod query;
+
+pub use error::ApiError;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// The node.
+    pub node: Node,
+    /// The node's configuration.
+    pub config: Arc<Config>,
+    /// Credentials and their rights.
+    pub auth: Arc<auth::Auth>,
+    /// When the node started.
+    pub started: Instant,
+}
+
+impl AppState {
+    /// The barrel named in a URL: 400 for an invalid name, 404 for a missing barrel.
+    pub fn barrel(&self, name: &str) -> Result<BarrelHandle, ApiError> {
+        let name = BarrelName::new(name)?;
+        Ok(self.node.open_barrel(&name)?)
+    }
+}
+
+/// One documented route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteDoc {
+    /// HTTP method, lower case.
+    pub method: &'static str,
+    /// actix-web path pattern (`/barrels/{b}`).
+    pub path: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// Query parameters it reads: (name, description).
+    pub query: &'static [(&'static str, &'static str)],
+    /// Statuses it answers.
+    pub responses: &'static [u16],
+}
+
+/// Declares every route once: registered with actix-web and listed in [`ROUTES`].
+macro_rules! routes {
+    ($(
+        $method:ident $path:literal => $handler:path,
+        $summary:literal,
+        query [$(($qn:literal, $qd:literal)),* $(,)?],
+        responses [$($code:literal),* $(,)?];
+    )*) => {
+        fn register(cfg: &mut web::ServiceConfig) {
+            $( cfg.route($path, web::$method().to($handler)); )*
+        }
+
+        /// Every route of the API, as `/openapi.json` describes it.
+        pub const ROUTES: &[RouteDoc] = &[$(
+            RouteDoc {
+                method: stringify!($method),
+                path: $path,
+                summary: $summary,
+                query: &[$(($qn, $qd)),*],
+                responses: &[$($code),*],
+            }
+        ),*];
+    };
+}
+
+routes! {
+    get "/" => info::root, "Node information: name, version, uptime.", query [], responses [200];
+    get "/health" => info::health, "Liveness: 200 while the node serves.", query [], responses [200];
+    get "/metrics" => info::metrics, "Prometheus metrics: requests and latency per route, documents written, commit batch sizes and times.", query [], responses [200, 401, 403];
+    get "/status" => info::status, "Cluster table: text for curl, JSON with Accept: application/json. A standalone node lists itself as master.", query [], responses [200, 401];
+    get "/openapi.json" => openapi::serve, "This description.", query [], responses [200];
+    get "/barrels" => barrels::list, "Names of all barrels.", query [], responses [200, 401];
+    put "/barrels/{b}" => barrels::create, "Creates a barrel.", query [], responses [201, 400, 401, 403, 412];
+    post "/barrels/{b}" => barrels::create, "Creates a barrel.", query [], responses [201, 400, 401, 403, 412];
+    get "/barrels/{b}" => barrels::info, "Barrel information: doc_count, deleted_count, update_seq, size_bytes.", query [], responses [200, 400, 404];
+    delete "/barrels/{b}" => barrels::delete, "Deletes a barrel and its file.", query [], responses [200, 400, 401, 403, 404];
+    post "/barrels/{b}/docs" => docs::post, "Creates a document; the id is generated when _id is missing.", query [], responses [201, 400, 404, 409, 413, 415];
+    get "/barrels/{b}/docs" => query::run, "Queries documents by JSON paths: ?address/city=eq.Paris&age=gte.18&tags/*=eq.x&order=age.desc&limit=50&cursor=...",
+        query [("order", "path.asc or path.desc"), ("limit", "page size, default 100"), ("cursor", "the next value of the previous page"), ("explain", "true: answer how the query runs instead"), ("<path>", "a condition: eq. ne. gt. gte. lt. lte. in.(a,b) prefix. exists.true|false followed by the value")],
+        responses [200, 400, 404];
+    put "/barrels/{b}/docs/{id}" => docs::put, "Creates or updates a document (_rev in the body, ?rev= or If-Match).",
+        query [("rev", "the revision being updated"), ("new_edits", "false: store the given _rev and _revisions as they are (replication)")],
+        responses [201, 400, 404, 409, 413, 415];
+    get "/barrels/{b}/docs/{id}" => docs::get, "Reads a document: its winner, or a given revision.",
+        query [("rev", "a given revision"), ("revs", "true: include _revisions"), ("conflicts", "true: include _conflicts"), ("open_revs", "all, or a JSON array of revisions: every leaf asked for")],
+        responses [200, 304, 400, 404];
+    delete "/barrels/{b}/docs/{id}" => docs::delete, "Deletes a document (writes a tombstone); needs ?rev= or If-Match.", query [("rev", "the current revision")], responses [200, 400, 404, 409];
+    post "/barrels/{b}/_bulk_docs" => docs::bulk, "Writes many documents: {\"docs\": [...], \"new_edits\": true|false}; one result per document.", query [], responses [201, 400, 404, 413, 415];
+    get "/barrels/{b}/changes" => changes::feed, "The changes feed: each document once, at its latest seq.",
+        query [("since", "a seq, or now"), ("limit", "most rows"), ("include_docs", "true: include each winner"), ("filter", "a topic filter (repeatable)"), ("feed", "normal, longpoll or eventsource"), ("timeout", "longpoll/eventsource: milliseconds to wait"), ("heartbeat", "milliseconds between keep-alive newlines")],
+        responses [200, 400, 404];
+    put "/barrels/{b}/docs/{id}/attachments/{name}" => docs::put_attachment, "Adds or replaces an attachment: the body is its content, Content-Type its type; needs ?rev= or If-Match unless the document is new.", query [("rev", "the document's current revision")], responses [201, 400, 404, 409, 413];
+    get "/barrels/{b}/docs/{id}/attachments/{name}" => docs::get_attachment, "Reads an attachment of the winner or of ?rev=.", query [("rev", "a given revision")], responses [200, 400, 404];
+    delete "/barrels/{b}/docs/{id}/attachments/{name}" => docs::delete_attachment, "Removes an attachment; needs ?rev= or If-Match.", query [("rev", "the document's current revision")], responses [200, 400, 404, 409];
+    put "/barrels/{b}/local/{id}" => docs::put_local, "Writes a local document (not replicated, not in the changes feed); _rev 0-N to update.", query [], responses [201, 400, 404, 409, 413, 415];
+    get "/barrels/{b}/local/{id}" => docs::get_local, "Reads a local document.", query [], responses [200, 400, 404];
+    delete "/barrels/{b}/local/{id}" => docs::delete_local, "Deletes a local document; needs ?rev= or If-Match.", query [("rev", "its 0-N revision")], responses [200, 400, 404, 409];
+}
+
+/// The global Prometheus recorder: installed once per process, shared by every node in it.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                1.0, 2.5, 5.0, 10.0,
+            ])
+            .expect("static buckets")
+            .build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
+        }
+        handle
+    })
+}
+
+/// Counts requests and their latency per route pattern.
+async fn record_metrics(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let res = next.call(req).await?;
+    let status = res.status().as_u16().to_string();
+    metrics::counter!("cooper_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("cooper_http_request_duration_seconds", "method" => method, "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    Ok(res)
+}
+
+/// Answers malformed query strings and paths with the API's JSON error shape.
+fn query_error(err: actix_web::error::QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid query string: {err}")).into()
+}
+
+fn path_error(err: actix_web::error::PathError, _req: &HttpRequest) -> actix_web::Error {
+    ApiError::bad_request(format!("invalid path: {err}")).into()
+}
+
+/// A running HTTP server.
+#[derive(Debug)]
+pub struct HttpService {
+    /// The bound address (the real port when 0 was asked for).
+    pub addr: SocketAddr,
+    handle: ServerHandle,
+}
+
+impl HttpService {
+    /// Starts serving the API on `addr`.
+    pub fn start(state: AppState, addr: SocketAddr) -> std::io::Result<Self> {
+        prometheus();
+        let workers = state.config.http_workers.max(1);
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .app_data(web::QueryConfig::default().error_handler(query_error))
+                .app_data(web::PathConfig::default().error_handler(path_error))
+                .configure(register)
+                .default_service(web::to(not_found))
+                .wrap(from_fn(auth::authorize))
+                .wrap(from_fn(record_metrics))
+        })
+        .workers(workers)
+        .disable_signals()
+        .shutdown_timeout(10)
+        .bind(addr)?;
+        let bound = server.addrs().first().copied().unwrap_or(addr);
+        let server = server.run();
+        let handle = server.handle();
+        actix_rt::spawn(server);
+        Ok(Self {
+            addr: bound,
+            handle,
+        })
+    }
+
+    /// Stops accepting connections and waits for requests in flight.
+    pub async fn stop(&self) {
+        self.handle.stop(true).await;
+    }
+}
+
+async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::not_found(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads a JSON body: checks the content type (415), the size (413), the syntax and the depth
+/// (400).
+pub fn parse_json(
+    req: &HttpRequest,
+    body: &[u8],
+    max_bytes: usize,
+    max_depth: usize,
+) -> Result<Value, ApiError> {
+    check_json_content_type(req)?;
+    if body.len() > max_bytes {
+        return Err(ApiError::too_large(format!(
+            "the body is {} bytes; the limit is {max_bytes}",
+            body.len()
+        )));
+    }
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        if e.to_string().contains("recursion limit") {
+            ApiError::bad_request(format!("document nests deeper than {max_depth} levels"))
+        } else {
+            ApiError::bad_request(format!("invalid JSON: {e}"))
+        }
+    })?;
+    if cooper_protocols::document::depth(&value) > max_depth {
+        return Err(ApiError::bad_request(format!(
+            "document nests deeper than {max_depth} levels"
+        )));
+    }
+    Ok(value)
+}
+
+/// 415 unless the request says JSON (or says nothing, as `curl -d` without `-H` would
+/// otherwise be refused for a form type, which is refused too).
+pub fn check_json_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(ct) = req.headers().get(actix_web::http::header::CONTENT_TYPE) else {
+        return Ok(());
+    };
+    let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+    let mime = ct.split(';').next().unwrap_or("").trim();
+    if mime == "application/json" || mime.ends_with("+json") {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type(format!(
+            "Content-Type must be application/json, not {mime:?}"
+        )))
+    }
+}
+
+/// Reads a request body up to `limit` bytes: 413 past it, before reading it all when the
+/// client announced its length.
+pub async fn read_body(
+    req: &HttpRequest,
+    mut payload: web::Payload,
+    limit: usize,
+) -> Result<web::Bytes, ApiError> {
+    use futures_util::StreamExt as _;
+    if let Some(len) = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        if len > limit as u64 {
+            return Err(ApiError::too_large(format!(
+                "the body is {len} bytes; the limit is {limit}"
+            )));
+        }
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read the body: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(ApiError::too_large(format!(
+                "the body is over the limit of {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}

@@ -1,0 +1,384 @@
+//! `GET /barrels/{b}/changes`: the changes feed, `normal`, `longpoll` or `eventsource`.
+//! Live feeds wait on the barrel's `DocumentChanged` events (no polling) and always read the
+//! rows from the store, so a burst that overflows the event buffer loses nothing.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpRequest, HttpResponse};
+use cooper_actors::barrel::store::{ChangeRow, GetOptions};
+use cooper_actors::BarrelHandle;
+use cooper_protocols::topic::{change_topics, TopicFilter};
+use futures_util::stream;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::docs::flag;
+use super::{ApiError, AppState};
+
+/// Default wait of a longpoll feed, as CouchDB's.
+const DEFAULT_TIMEOUT_MS: u64 = 60_000;
+/// Rows read from the store per step while filtering.
+const SCAN_STEP: usize = 1_000;
+
+/// What a feed request asks for.
+#[derive(Debug, Clone)]
+struct FeedRequest {
+    since: u64,
+    limit: usize,
+    include_docs: bool,
+    all_docs: bool,
+    filters: Vec<TopicFilter>,
+    feed: Feed,
+    timeout: Duration,
+    heartbeat: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Feed {
+    Normal,
+    Longpoll,
+    EventSource,
+}
+
+fn parse(
+    pairs: &[(String, String)],
+    barrel: &BarrelHandle,
+    state: &AppState,
+) -> Result<FeedRequest, ApiError> {
+    let limits = &state.config.limits;
+    let mut r = FeedRequest {
+        since: 0,
+        limit: limits.max_page,
+        include_docs: false,
+        all_docs: false,
+        filters: Vec::new(),
+        feed: Feed::Normal,
+        timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS.min(limits.max_feed_timeout_ms)),
+        heartbeat: None,
+    };
+    let ms = |name: &str, v: &str| -> Result<Duration, ApiError> {
+        let n: u64 = v
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("{name} is a number of milliseconds")))?;
+        Ok(Duration::from_millis(n.min(limits.max_feed_timeout_ms)))
+    };
+    for (k, v) in pairs {
+        match k.as_str() {
+            "since" => {
+                r.since = match v.as_str() {
+                    "now" => barrel.counts()?.update_seq,
+                    n => n
+                        .parse()
+                        .map_err(|_| ApiError::bad_request("since is a seq or now"))?,
+                }
+            }
+            "limit" => {
+                r.limit = v
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=limits.max_page).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "limit must be between 1 and {}",
+                            limits.max_page
+                        ))
+                    })?
+            }
+            "include_docs" => r.include_docs = flag("include_docs", Some(v))?,
+            "style" => {
+                r.all_docs = match v.as_str() {
+                    "all_docs" => true,
+                    "main_only" => false,
+                    _ => return Err(ApiError::bad_request("style is main_only or all_docs")),
+                }
+            }
+            "filter" => {
+                if r.filters.len() >= 64 {
+                    return Err(ApiError::bad_request("at most 64 filters"));
+                }
+                r.filters.push(TopicFilter::parse(v)?);
+            }
+            "feed" => {
+                r.feed = match v.as_str() {
+                    "normal" => Feed::Normal,
+                    "longpoll" => Feed::Longpoll,
+                    "eventsource" => Feed::EventSource,
+                    _ => {
+                        return Err(ApiError::bad_request(
+                            "feed is normal, longpoll or eventsource",
+                        ))
+                    }
+                }
+            }
+            "timeout" => r.timeout = ms("timeout", v)?,
+            "heartbeat" => {
+                let d = if v == "true" {
+                    Duration::from_millis(DEFAULT_TIMEOUT_MS)
+                } else {
+                    ms("heartbeat", v)?
+                };
+                r.heartbeat = Some(d.max(Duration::from_millis(100)));
+            }
+            _ => {}
+        }
+    }
+    if r.feed == Feed::EventSource && !pairs.iter().any(|(k, _)| k == "timeout") {
+        r.timeout = Duration::from_millis(limits.max_feed_timeout_ms);
+    }
+    Ok(r)
+}
+
+/// Reads up to `limit` matching rows after `since`; returns them and the seq to resume from.
+fn collect(
+    barrel: &BarrelHandle,
+    r: &FeedRequest,
+    since: u64,
+    limit: usize,
+) -> Result<(Vec<Value>, u64), ApiError> {
+    let mut out = Vec::new();
+    let mut cursor = since;
+    let mut last = since;
+    loop {
+        let step = if r.filters.is_empty() {
+            limit - out.len()
+        } else {
+            SCAN_STEP
+        };
+        let rows = barrel.changes(cursor, step)?;
+        let done = rows.len() < step;
+        for row in &rows {
+            cursor = row.seq;
+            if let Some(v) = render(barrel, r, row)? {
+                out.push(v);
+                last = row.seq;
+                if out.len() == limit {
+                    return Ok((out, last));
+                }
+            }
+        }
+        if done || rows.is_empty() {
+            return Ok((out, last));
+        }
+    }
+}
+
+/// One row as JSON, or `None` when the filters reject it.
+fn render(
+    barrel: &BarrelHandle,
+    r: &FeedRequest,
+    row: &ChangeRow,
+) -> Result<Option<Value>, ApiError> {
+    let needs_doc = r.include_docs || !r.filters.is_empty();
+    let doc = if needs_doc && !row.deleted {
+        match barrel.get(
+            &row.id,
+            &GetOptions {
+                rev: Some(row.rev),
+                ..GetOptions::default()
+            },
+        ) {
+            Ok(d) => Some(d),
+            Err(cooper_actors::BarrelError::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        }
+    } else {
+        None
+    };
+    if !r.filters.is_empty() {
+        let topics = change_topics(&row.id, None, doc.as_ref().map(|d| &d.body));
+        if !topics
+            .iter()
+            .any(|t| r.filters.iter().any(|f| f.matches(t)))
+        {
+            return Ok(None);
+        }
+    }
+    let changes: Vec<Value> = if r.all_docs {
+        row.leaves
+            .iter()
+            .map(|rev| json!({"rev": rev.to_string()}))
+            .collect()
+    } else {
+        vec![json!({"rev": row.rev.to_string()})]
+    };
+    let mut v = json!({"seq": row.seq.to_string(), "id": row.id, "changes": changes});
+    if row.deleted {
+        v["deleted"] = Value::Bool(true);
+    }
+    if r.include_docs {
+        v["doc"] = match &doc {
+            Some(d) => d.to_json(),
+            None => json!({"_id": row.id, "_rev": row.rev.to_string(), "_deleted": true}),
+        };
+    }
+    Ok(Some(v))
+}
+
+/// `GET /barrels/{b}/changes`
+pub async fn feed(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    b: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let barrel = state.barrel(&b)?;
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(req.query_string())
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))?
+        .into_inner();
+    let r = parse(&pairs, &barrel, &state)?;
+    match r.feed {
+        Feed::Normal => {
+            let (since, limit) = (r.since, r.limit);
+            let (rows, last) = web::block(move || collect(&barrel, &r, since, limit))
+                .await
+                .map_err(|_| ApiError::internal("changes worker failed"))??;
+            Ok(HttpResponse::Ok().json(json!({"results": rows, "last_seq": last.to_string()})))
+        }
+        Feed::Longpoll => Ok(streaming("application/json", longpoll(barrel, r))),
+        Feed::EventSource => Ok(streaming("text/event-stream", eventsource(barrel, r))),
+    }
+}
+
+/// A response whose body a task writes through a bounded channel; the task stops when the
+/// client goes away.
+fn streaming<F>(
+    content_type: &str,
+    producer: impl FnOnce(mpsc::Sender<web::Bytes>) -> F,
+) -> HttpResponse
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    let (tx, rx) = mpsc::channel::<web::Bytes>(16);
+    actix_rt::spawn(producer(tx));
+    let body = stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx))
+    });
+    HttpResponse::Ok()
+        .content_type(content_type)
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body)
+}
+
+/// What woke a waiting feed.
+enum Wake {
+    Change,
+    Heartbeat,
+    Timeout,
+    Gone,
+}
+
+async fn wait(
+    events: &mut tokio::sync::broadcast::Receiver<
+        std::sync::Arc<cooper_actors::barrel::DocumentChanged>,
+    >,
+    tx: &mpsc::Sender<web::Bytes>,
+    deadline: Instant,
+    heartbeat: Option<Duration>,
+) -> Wake {
+    let beat = async {
+        match heartbeat {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ev = events.recv() => match ev {
+            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Wake::Change,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => Wake::Gone,
+        },
+        _ = tokio::time::sleep_until(deadline) => Wake::Timeout,
+        _ = beat => Wake::Heartbeat,
+        _ = tx.closed() => Wake::Gone,
+    }
+}
+
+fn longpoll(
+    barrel: BarrelHandle,
+    r: FeedRequest,
+) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+{
+    move |tx| {
+        Box::pin(async move {
+            // Subscribe before reading, so a change committed in between wakes us.
+            let mut events = barrel.subscribe();
+            let deadline = Instant::now() + r.timeout;
+            let answer = loop {
+                match collect(&barrel, &r, r.since, r.limit) {
+                    Ok((rows, last)) if !rows.is_empty() => {
+                        break json!({"results": rows, "last_seq": last.to_string()});
+                    }
+                    Ok(_) => {}
+                    Err(e) => break json!({"error": e.kind, "reason": e.reason}),
+                }
+                loop {
+                    match wait(&mut events, &tx, deadline, r.heartbeat).await {
+                        Wake::Change => break,
+                        Wake::Heartbeat => {
+                            if tx.send(web::Bytes::from_static(b"\n")).await.is_err() {
+                                return;
+                            }
+                        }
+                        Wake::Timeout => {
+                            let body = json!({"results": [], "last_seq": r.since.to_string()});
+                            let _ = tx.send(web::Bytes::from(body.to_string())).await;
+                            return;
+                        }
+                        Wake::Gone => return,
+                    }
+                }
+            };
+            let _ = tx.send(web::Bytes::from(answer.to_string())).await;
+        })
+    }
+}
+
+fn eventsource(
+    barrel: BarrelHandle,
+    r: FeedRequest,
+) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
+{
+    move |tx| {
+        Box::pin(async move {
+            let mut events = barrel.subscribe();
+            let deadline = Instant::now() + r.timeout;
+            let mut since = r.since;
+            loop {
+                match collect(&barrel, &r, since, r.limit) {
+                    Ok((rows, last)) => {
+                        for row in rows {
+                            let seq = row["seq"].as_str().unwrap_or("0").to_owned();
+                            let frame = format!("id: {seq}\ndata: {row}\n\n");
+                            if tx.send(web::Bytes::from(frame)).await.is_err() {
+                                return;
+                            }
+                        }
+                        since = last.max(since);
+                    }
+                    Err(e) => {
+                        let frame = format!(
+                            "event: error\ndata: {}\n\n",
+                            json!({"error": e.kind, "reason": e.reason})
+                        );
+                        let _ = tx.send(web::Bytes::from(frame)).await;
+                        return;
+                    }
+                }
+                loop {
+                    match wait(&mut events, &tx, deadline, r.heartbeat).await {
+                        Wake::Change => break,
+                        Wake::Heartbeat => {
+                            if tx
+                                .send(web::Bytes::from_static(b": heartbeat\n\n"))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                        }
+                        Wake::Timeout | Wake::Gone => return,
+                    }
+                }
+            }
+        })
+    }
+}
