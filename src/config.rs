@@ -304,6 +304,20 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_example_is_a_valid_config() {
+        let readme = include_str!("../README.md");
+        let start = readme.find("```toml\n").expect("a toml example") + 8;
+        let end = start + readme[start..].find("```").unwrap();
+        let c: Config = toml::from_str(&readme[start..end]).unwrap();
+        assert_eq!(c.auth.tokens.len(), 2);
+        assert_eq!(
+            c.auth.tokens[1].barrels.as_deref(),
+            Some(&["people".to_owned()][..])
+        );
+        c.check().unwrap();
+    }
+
+    #[test]
     fn unknown_members_are_errors() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("c.toml");

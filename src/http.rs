@@ -52,6 +52,24 @@ impl AppState {
     }
 }
 
+/// JSON answers end with a newline, as CouchDB's do, so `curl` output reads well.
+pub trait JsonLine {
+    /// Answers `value` as JSON followed by `\n`.
+    fn json_line(&mut self, value: impl serde::Serialize) -> actix_web::HttpResponse;
+}
+
+impl JsonLine for actix_web::HttpResponseBuilder {
+    fn json_line(&mut self, value: impl serde::Serialize) -> actix_web::HttpResponse {
+        match serde_json::to_vec(&value) {
+            Ok(mut body) => {
+                body.push(b'\n');
+                self.content_type("application/json").body(body)
+            }
+            Err(e) => actix_web::HttpResponse::InternalServerError().body(e.to_string()),
+        }
+    }
+}
+
 /// One documented route of the API.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteDoc {

@@ -4,11 +4,11 @@ use actix_web::{web, HttpResponse};
 use cooper_protocols::ids::BarrelName;
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonLine};
 
 /// `GET /barrels`
 pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.node.barrels().await?))
+    Ok(HttpResponse::Ok().json_line(state.node.barrels().await?))
 }
 
 /// `PUT|POST /barrels/{b}`
@@ -18,7 +18,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let name = BarrelName::new(&b)?;
     state.node.create_barrel(name.as_str()).await?;
-    Ok(HttpResponse::Created().json(json!({"ok": true, "name": name.as_str()})))
+    Ok(HttpResponse::Created().json_line(json!({"ok": true, "name": name.as_str()})))
 }
 
 /// `GET /barrels/{b}`
@@ -28,7 +28,7 @@ pub async fn info(
 ) -> Result<HttpResponse, ApiError> {
     let barrel = state.barrel(&b)?;
     let c = barrel.counts()?;
-    Ok(HttpResponse::Ok().json(json!({
+    Ok(HttpResponse::Ok().json_line(json!({
         "name": barrel.name().as_str(),
         "doc_count": c.doc_count,
         "deleted_count": c.deleted_count,
@@ -44,5 +44,5 @@ pub async fn delete(
 ) -> Result<HttpResponse, ApiError> {
     let name = BarrelName::new(&b)?;
     state.node.delete_barrel(name.as_str()).await?;
-    Ok(HttpResponse::Ok().json(json!({"ok": true})))
+    Ok(HttpResponse::Ok().json_line(json!({"ok": true})))
 }

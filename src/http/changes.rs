@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::docs::flag;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonLine};
 
 /// Default wait of a longpoll feed, as CouchDB's.
 const DEFAULT_TIMEOUT_MS: u64 = 60_000;
@@ -232,7 +232,10 @@ pub async fn feed(
             let (rows, last) = web::block(move || collect(&barrel, &r, since, limit))
                 .await
                 .map_err(|_| ApiError::internal("changes worker failed"))??;
-            Ok(HttpResponse::Ok().json(json!({"results": rows, "last_seq": last.to_string()})))
+            Ok(
+                HttpResponse::Ok()
+                    .json_line(json!({"results": rows, "last_seq": last.to_string()})),
+            )
         }
         Feed::Longpoll => Ok(streaming("application/json", longpoll(barrel, r))),
         Feed::EventSource => Ok(streaming("text/event-stream", eventsource(barrel, r))),
@@ -320,14 +323,14 @@ fn longpoll(
                         }
                         Wake::Timeout => {
                             let body = json!({"results": [], "last_seq": r.since.to_string()});
-                            let _ = tx.send(web::Bytes::from(body.to_string())).await;
+                            let _ = tx.send(web::Bytes::from(format!("{body}\n"))).await;
                             return;
                         }
                         Wake::Gone => return,
                     }
                 }
             };
-            let _ = tx.send(web::Bytes::from(answer.to_string())).await;
+            let _ = tx.send(web::Bytes::from(format!("{answer}\n"))).await;
         })
     }
 }

@@ -8,7 +8,7 @@ use cooper_protocols::ids::{validate_doc_id, Rev, LOCAL_PREFIX};
 use serde::Deserialize;
 use serde_json::{json, value::RawValue, Map, Value};
 
-use super::{parse_json, read_body, ApiError, AppState};
+use super::{parse_json, read_body, ApiError, AppState, JsonLine};
 
 /// Query parameters of document writes.
 #[derive(Debug, Deserialize)]
@@ -77,7 +77,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 fn written(status: actix_web::http::StatusCode, id: &str, rev: &str) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::ETAG, format!("\"{rev}\"")))
-        .json(json!({"ok": true, "id": id, "rev": rev}))
+        .json_line(json!({"ok": true, "id": id, "rev": rev}))
 }
 
 async fn read_doc(
@@ -169,7 +169,7 @@ pub async fn get(
                 OpenRev::Missing(rev) => json!({"missing": rev.to_string()}),
             })
             .collect();
-        return Ok(HttpResponse::Ok().json(out));
+        return Ok(HttpResponse::Ok().json_line(out));
     }
     let opts = GetOptions {
         rev: params.rev.as_deref().map(Rev::parse).transpose()?,
@@ -190,7 +190,7 @@ pub async fn get(
     }
     Ok(HttpResponse::Ok()
         .insert_header((header::ETAG, etag))
-        .json(doc.to_json()))
+        .json_line(doc.to_json()))
 }
 
 /// `DELETE /barrels/{b}/docs/{id}`
@@ -275,7 +275,7 @@ pub async fn bulk(
             json!({"id": id, "error": e.kind, "reason": e.reason})
         })
         .collect();
-    Ok(HttpResponse::Created().json(out))
+    Ok(HttpResponse::Created().json_line(out))
 }
 
 fn parse_bulk_doc(
@@ -477,7 +477,7 @@ pub async fn get_local(
     out.insert("_id".into(), Value::String(full));
     out.insert("_rev".into(), Value::String(format!("0-{n}")));
     out.extend(body);
-    Ok(HttpResponse::Ok().json(Value::Object(out)))
+    Ok(HttpResponse::Ok().json_line(Value::Object(out)))
 }
 
 /// `DELETE /barrels/{b}/local/{id}`

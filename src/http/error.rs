@@ -9,6 +9,8 @@ use cooper_protocols::path::PathError;
 use cooper_protocols::topic::FilterError;
 use serde_json::json;
 
+use super::JsonLine;
+
 /// An error answered to an HTTP client: a status, a stable kind and a human reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -100,7 +102,7 @@ impl ResponseError for ApiError {
         if self.status == StatusCode::UNAUTHORIZED {
             res.insert_header(("WWW-Authenticate", "Bearer"));
         }
-        res.json(json!({ "error": self.kind, "reason": self.reason }))
+        res.json_line(json!({ "error": self.kind, "reason": self.reason }))
     }
 }
 

@@ -4,11 +4,11 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonLine};
 
 /// `GET /`
 pub async fn root(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().json(json!({
+    HttpResponse::Ok().json_line(json!({
         "cooper": "Welcome",
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": state.started.elapsed().as_secs(),
@@ -18,7 +18,7 @@ pub async fn root(state: web::Data<AppState>) -> HttpResponse {
 
 /// `GET /health`
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json_line(json!({"status": "ok"}))
 }
 
 /// `GET /metrics`
@@ -41,7 +41,7 @@ pub async fn status(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
     if wants_json {
-        return Ok(HttpResponse::Ok().json(json!({
+        return Ok(HttpResponse::Ok().json_line(json!({
             "nodes": [{"role": "master", "node_id": node_id, "http": http, "p2p": null,
                        "last_seen": "now", "lag": 0}]
         })));

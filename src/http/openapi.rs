@@ -4,7 +4,7 @@
 use actix_web::HttpResponse;
 use serde_json::{json, Map, Value};
 
-use super::ROUTES;
+use super::{JsonLine, ROUTES};
 
 /// The OpenAPI 3 document of the API.
 pub fn document() -> Value {
@@ -65,7 +65,7 @@ fn path_params(path: &str) -> impl Iterator<Item = &str> {
 
 /// `GET /openapi.json`
 pub async fn serve() -> HttpResponse {
-    HttpResponse::Ok().json(document())
+    HttpResponse::Ok().json_line(document())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use cooper_protocols::path;
 use serde_json::{json, Value};
 
 use super::docs::flag;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, JsonLine};
 
 /// Default page size of a query.
 pub const DEFAULT_LIMIT: usize = 100;
@@ -144,13 +144,13 @@ pub async fn run(
         .into_inner();
     let parsed = parse(&pairs, state.config.limits.max_page)?;
     if parsed.explain {
-        return Ok(HttpResponse::Ok().json(barrel.explain(&parsed.query)?));
+        return Ok(HttpResponse::Ok().json_line(barrel.explain(&parsed.query)?));
     }
     let page = web::block(move || barrel.query(&parsed.query))
         .await
         .map_err(|_| ApiError::internal("query worker failed"))??;
     let docs: Vec<Value> = page.docs.iter().map(|d| d.to_json()).collect();
-    Ok(HttpResponse::Ok().json(json!({"docs": docs, "next": page.next})))
+    Ok(HttpResponse::Ok().json_line(json!({"docs": docs, "next": page.next})))
 }
 
 #[cfg(test)]
