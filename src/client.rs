@@ -140,3 +140,111 @@ pub fn query_string(args: &[String]) -> Result<String, ClientError> {
         .collect::<Result<_, _>>()?;
     serde_urlencoded::to_string(&pairs).map_err(|e| ClientError::Usage(e.to_string()))
 }
+
+/// What `cooper listen` follows.
+#[derive(Debug, Clone)]
+pub struct ListenRequest {
+    /// The barrel.
+    pub barrel: String,
+    /// Topic filters.
+    pub filters: Vec<String>,
+    /// `now`, or the seq to start after.
+    pub since: String,
+    /// Include each document.
+    pub include_docs: bool,
+}
+
+/// Follows a barrel's changes over the listener websocket, calling `on_change` with each
+/// change frame, and reconnects (with `since` = the last seq seen) when the connection drops,
+/// e.g. while the node restarts. Returns only on a subscription error.
+pub async fn listen(
+    client: &Client,
+    request: &ListenRequest,
+    mut on_change: impl FnMut(&Value),
+    mut on_notice: impl FnMut(&str),
+) -> Result<(), ClientError> {
+    let (base, token) = (client.base.as_str(), client.token.as_deref());
+    let (barrel, filters, include_docs) = (&request.barrel, &request.filters, request.include_docs);
+    use futures_util::{SinkExt as _, StreamExt as _};
+    let ws_base = base
+        .replacen("http://", "ws://", 1)
+        .replacen("https://", "wss://", 1);
+    let url = format!(
+        "{}/barrels/{}/listen",
+        ws_base.trim_end_matches('/'),
+        segment(barrel)
+    );
+    let mut since = request.since.clone();
+    let mut backoff = Duration::from_millis(200);
+    let mut sub_id = 0u64;
+    loop {
+        let mut req = awc::Client::new().ws(&url);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        match req.connect().await {
+            Err(e) => on_notice(&format!("cannot connect to {url} ({e}); retrying")),
+            Ok((_, mut framed)) => {
+                backoff = Duration::from_millis(200);
+                sub_id += 1;
+                let frame = serde_json::json!({"op": "subscribe", "id": sub_id, "filters": filters, "since": since, "include_docs": include_docs});
+                if framed
+                    .send(awc::ws::Message::Text(frame.to_string().into()))
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+                while let Some(msg) = framed.next().await {
+                    let text = match msg {
+                        Ok(awc::ws::Frame::Text(t)) => t,
+                        Ok(awc::ws::Frame::Ping(p)) => {
+                            let _ = framed.send(awc::ws::Message::Pong(p)).await;
+                            continue;
+                        }
+                        Ok(awc::ws::Frame::Close(_)) | Err(_) => break,
+                        Ok(_) => continue,
+                    };
+                    let Ok(v) = serde_json::from_slice::<Value>(&text) else {
+                        continue;
+                    };
+                    match v["op"].as_str() {
+                        Some("change") => {
+                            if let Some(seq) = v["seq"].as_str() {
+                                since = seq.to_owned();
+                            }
+                            on_change(&v);
+                        }
+                        Some("lagged") => {
+                            since = v["resume_from"].as_str().unwrap_or(&since).to_owned();
+                            on_notice(&format!("fell behind; resuming from seq {since}"));
+                            sub_id += 1;
+                            let frame = serde_json::json!({"op": "subscribe", "id": sub_id, "filters": filters, "since": since, "include_docs": include_docs});
+                            if framed
+                                .send(awc::ws::Message::Text(frame.to_string().into()))
+                                .await
+                                .is_err()
+                            {
+                                break;
+                            }
+                        }
+                        Some("error") => {
+                            return Err(ClientError::Api {
+                                status: 400,
+                                kind: "bad_request".into(),
+                                reason: v["reason"]
+                                    .as_str()
+                                    .unwrap_or("subscription refused")
+                                    .to_owned(),
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                on_notice(&format!("connection lost; reconnecting from seq {since}"));
+            }
+        }
+        actix_rt::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}

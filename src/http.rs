@@ -26,6 +26,7 @@ mod changes;
 mod docs;
 pub mod error;
 mod info;
+mod listen;
 pub mod openapi;
 mod query;
 
@@ -136,6 +137,9 @@ routes! {
     get "/barrels/{b}/changes" => changes::feed, "The changes feed: each document once, at its latest seq.",
         query [("since", "a seq, or now"), ("limit", "most rows"), ("include_docs", "true: include each winner"), ("filter", "a topic filter (repeatable)"), ("feed", "normal, longpoll or eventsource"), ("timeout", "longpoll/eventsource: milliseconds to wait"), ("heartbeat", "milliseconds between keep-alive newlines")],
         responses [200, 400, 404];
+    get "/barrels/{b}/listen" => listen::listen, "Listener websocket: subscribe to topic filters, get every matching change (replayed from since, then live). See the README for the frames; ?filter=&since=&include_docs= subscribes at once.",
+        query [("filter", "a topic filter (repeatable): subscribe at once with id 0"), ("since", "a seq or now"), ("include_docs", "true: include each document")],
+        responses [101, 400, 404];
     put "/barrels/{b}/docs/{id}/attachments/{name}" => docs::put_attachment, "Adds or replaces an attachment: the body is its content, Content-Type its type; needs ?rev= or If-Match unless the document is new.", query [("rev", "the document's current revision")], responses [201, 400, 404, 409, 413];
     get "/barrels/{b}/docs/{id}/attachments/{name}" => docs::get_attachment, "Reads an attachment of the winner or of ?rev=.", query [("rev", "a given revision")], responses [200, 400, 404];
     delete "/barrels/{b}/docs/{id}/attachments/{name}" => docs::delete_attachment, "Removes an attachment; needs ?rev= or If-Match.", query [("rev", "the document's current revision")], responses [200, 400, 404, 409];
@@ -212,6 +216,7 @@ impl HttpService {
                 .configure(register)
                 .default_service(web::to(not_found))
                 .wrap(from_fn(auth::authorize))
+                .wrap(from_fn(check_path_utf8))
                 .wrap(from_fn(record_metrics))
         })
         .workers(workers)
@@ -235,11 +240,59 @@ impl HttpService {
 }
 
 async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::not_found(format!(
-        "no route for {} {}",
+    let path = req.path();
+    let allowed: Vec<String> = ROUTES
+        .iter()
+        .filter(|r| actix_web::dev::ResourceDef::new(r.path).is_match(path))
+        .map(|r| r.method.to_ascii_uppercase())
+        .collect();
+    if allowed.is_empty() {
+        return Err(ApiError::not_found(format!(
+            "no route for {} {path}",
+            req.method()
+        )));
+    }
+    Err(ApiError::method_not_allowed(format!(
+        "{} is not allowed on {path}; use {}",
         req.method(),
-        req.path()
+        allowed.join(", ")
     )))
+}
+
+/// Refuses a path whose percent-encoded bytes are not UTF-8: actix would decode them
+/// lossily, and two different URLs would reach the same document.
+async fn check_path_utf8(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    let raw = req.uri().path().as_bytes();
+    if raw.contains(&b'%') {
+        let hex = |b: u8| (b as char).to_digit(16);
+        let mut decoded = Vec::with_capacity(raw.len());
+        let mut i = 0;
+        while i < raw.len() {
+            let pair = (
+                raw.get(i + 1).copied().and_then(hex),
+                raw.get(i + 2).copied().and_then(hex),
+            );
+            match (raw[i], pair) {
+                (b'%', (Some(h), Some(l))) => {
+                    decoded.push((h * 16 + l) as u8);
+                    i += 3;
+                }
+                (b, _) => {
+                    decoded.push(b);
+                    i += 1;
+                }
+            }
+        }
+        if std::str::from_utf8(&decoded).is_err() {
+            return Err(
+                ApiError::bad_request("the path is not valid UTF-8 once percent-decoded").into(),
+            );
+        }
+    }
+    next.call(req).await
 }
 
 /// Reads a JSON body: checks the content type (415), the size (413), the syntax and the depth

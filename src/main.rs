@@ -81,6 +81,19 @@ enum Command {
         /// Conditions and options.
         conditions: Vec<String>,
     },
+    /// Print changes live as they happen (reconnects when the node restarts).
+    Listen {
+        /// The barrel.
+        barrel: String,
+        /// Topic filters, e.g. `users/+/name/#` (default: everything).
+        filters: Vec<String>,
+        /// Start after this seq (`0` replays everything) [default: now].
+        #[arg(long, default_value = "now")]
+        since: String,
+        /// Include each document.
+        #[arg(long)]
+        include_docs: bool,
+    },
     /// Read the changes feed.
     Changes {
         /// The barrel.
@@ -245,6 +258,55 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 )),
             }
             output(json, &v, &text);
+            Ok(())
+        }
+        Command::Listen {
+            barrel,
+            filters,
+            since,
+            include_docs,
+        } => {
+            let filters = if filters.is_empty() {
+                vec!["#".to_owned()]
+            } else {
+                filters
+            };
+            let request = cooper::client::ListenRequest { barrel, filters, since, include_docs };
+            cooper::client::listen(
+                &client,
+                &request,
+                |v| {
+                    if json {
+                        println!("{v}");
+                    } else {
+                        let deleted = if v["deleted"] == Value::Bool(true) {
+                            "  deleted"
+                        } else {
+                            ""
+                        };
+                        let topics: Vec<&str> = v["topics"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(Value::as_str)
+                            .collect();
+                        println!(
+                            "{:>6}  {}  {}{deleted}  {}",
+                            v["seq"].as_str().unwrap_or("?"),
+                            v["doc_id"].as_str().unwrap_or("?"),
+                            v["rev"].as_str().unwrap_or("?"),
+                            topics.join(" ")
+                        );
+                        if let Some(doc) = v.get("doc") {
+                            println!("        {doc}");
+                        }
+                    }
+                    use std::io::Write as _;
+                    let _ = std::io::stdout().flush();
+                },
+                |notice| eprintln!("cooper listen: {notice}"),
+            )
+            .await?;
             Ok(())
         }
         Command::Changes {

@@ -30,6 +30,7 @@ use store::{
 };
 
 use crate::error::BarrelError;
+use crate::listener::{ChangeStream, ListenerHub, Since};
 
 /// Queued write requests per barrel before senders wait (each may hold many documents).
 pub const WRITE_QUEUE: usize = 1024;
@@ -99,15 +100,23 @@ impl Barrel {
             writer: None,
             closed: false,
         };
-        let addr = match arbiter {
-            Some(a) => Supervisor::start_in_arbiter(a, move |_| barrel),
-            None => Supervisor::start(move |_| barrel),
+        let hub = ListenerHub::new(events.clone());
+        let (addr, hub) = match arbiter {
+            Some(a) => (
+                Supervisor::start_in_arbiter(a, move |_| barrel),
+                Supervisor::start_in_arbiter(a, move |_| hub),
+            ),
+            None => (
+                Supervisor::start(move |_| barrel),
+                Supervisor::start(move |_| hub),
+            ),
         };
         BarrelHandle {
             name,
             addr,
             store,
             events,
+            hub,
         }
     }
 
@@ -276,6 +285,7 @@ pub struct BarrelHandle {
     addr: Addr<Barrel>,
     store: Arc<Store>,
     events: broadcast::Sender<Arc<DocumentChanged>>,
+    hub: Addr<ListenerHub>,
 }
 
 impl BarrelHandle {
@@ -287,6 +297,22 @@ impl BarrelHandle {
     /// The barrel actor's address.
     pub fn addr(&self) -> &Addr<Barrel> {
         &self.addr
+    }
+
+    /// The barrel's listener hub.
+    pub fn hub(&self) -> &Addr<ListenerHub> {
+        &self.hub
+    }
+
+    /// Subscribes to changes matching `filters`, replayed from `since` then live; see
+    /// [`ChangeStream`].
+    pub async fn listen(
+        &self,
+        filters: Vec<cooper_protocols::topic::TopicFilter>,
+        since: Since,
+        include_docs: bool,
+    ) -> Result<ChangeStream, BarrelError> {
+        ChangeStream::open(self, filters, since, include_docs).await
     }
 
     /// Writes a batch; see [`Write`].

@@ -6,11 +6,13 @@
 //! |---|---|
 //! | [`barrel`] | the `Barrel` actor: group commit on a writer thread, `DocumentChanged` events, [`barrel::BarrelHandle`] |
 //! | [`barrel::store`] | the redb store of one barrel: tables, revision rules, path index, queries, migrations |
+//! | [`listener`] | the `ListenerHub` actor (a trie of topic filters per barrel) and [`listener::ChangeStream`]: replay, then live, bounded, with `lagged` |
 //! | [`registry`] | the `Registry` actor: the barrel catalog in `node.redb`; creates, opens, lists, deletes and supervises barrels |
 //! | [`error`] | error enums with stable kinds (`not_found`, `conflict`, …) |
 
 pub mod barrel;
 pub mod error;
+pub mod listener;
 pub mod registry;
 
 pub use barrel::{Barrel, BarrelHandle};

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::barrel::store::{Store, StoreOptions};
 use crate::barrel::{Barrel, BarrelHandle, Close};
 use crate::error::BarrelError;
+use crate::listener::EndSubscriptions;
 
 /// Open barrels by name, shared with the HTTP layer for lookups without a message round
 /// trip; a barrel that could not be opened maps to why. Only the registry writes it.
@@ -269,6 +270,7 @@ impl Handler<DeleteBarrel> for Registry {
         Box::pin(async move {
             removed?;
             if let Some(h) = handle {
+                let _ = h.hub().send(EndSubscriptions).await;
                 let _ = h.addr().send(Close).await;
             }
             match std::fs::remove_file(&file) {
@@ -289,6 +291,7 @@ impl Handler<Shutdown> for Registry {
         self.publish();
         Box::pin(async move {
             for h in handles {
+                let _ = h.hub().send(EndSubscriptions).await;
                 let _ = h.addr().send(Close).await;
             }
         })

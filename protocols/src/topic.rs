@@ -151,6 +151,146 @@ pub fn topics(id: &str, body: &Map<String, Value>) -> Vec<String> {
     out
 }
 
+/// A set of topic filters, each carrying a value, matched against topics in time that grows
+/// with the topic's depth, not with the number of filters (a trie of filter levels).
+#[derive(Debug, Clone)]
+pub struct TopicTrie<T> {
+    root: TrieNode<T>,
+    len: usize,
+}
+
+#[derive(Debug, Clone)]
+struct TrieNode<T> {
+    exact: std::collections::HashMap<String, TrieNode<T>>,
+    one: Option<Box<TrieNode<T>>>,
+    /// Values of filters ending with `#` at this node.
+    many: Vec<T>,
+    /// Values of filters ending exactly here.
+    here: Vec<T>,
+}
+
+impl<T> Default for TrieNode<T> {
+    fn default() -> Self {
+        Self {
+            exact: Default::default(),
+            one: None,
+            many: Vec::new(),
+            here: Vec::new(),
+        }
+    }
+}
+
+impl<T> Default for TopicTrie<T> {
+    fn default() -> Self {
+        Self {
+            root: TrieNode::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T: PartialEq> TopicTrie<T> {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of (filter, value) entries.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the set holds no filter.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Adds `filter` with `value`.
+    pub fn insert(&mut self, filter: &TopicFilter, value: T) {
+        let mut node = &mut self.root;
+        for level in filter.levels() {
+            match level {
+                Level::Exact(s) => node = node.exact.entry(s.clone()).or_default(),
+                Level::One => node = node.one.get_or_insert_with(Default::default),
+                Level::Many => {
+                    node.many.push(value);
+                    self.len += 1;
+                    return;
+                }
+            }
+        }
+        node.here.push(value);
+        self.len += 1;
+    }
+
+    /// Removes the entries whose value satisfies `drop` (empty branches are pruned).
+    pub fn retain(&mut self, keep: &mut impl FnMut(&T) -> bool) {
+        fn walk<T>(
+            node: &mut TrieNode<T>,
+            keep: &mut impl FnMut(&T) -> bool,
+            removed: &mut usize,
+        ) -> bool {
+            let before = node.many.len() + node.here.len();
+            node.many.retain(|v| keep(v));
+            node.here.retain(|v| keep(v));
+            *removed += before - node.many.len() - node.here.len();
+            node.exact.retain(|_, child| !walk(child, keep, removed));
+            if let Some(one) = &mut node.one {
+                if walk(one, keep, removed) {
+                    node.one = None;
+                }
+            }
+            node.exact.is_empty()
+                && node.one.is_none()
+                && node.many.is_empty()
+                && node.here.is_empty()
+        }
+        let mut removed = 0;
+        walk(&mut self.root, keep, &mut removed);
+        self.len -= removed;
+    }
+
+    /// Calls `f` with the value of every filter that matches `topic` (once per matching
+    /// entry). A leading `/` is ignored; wildcards at the first level skip `$` topics.
+    pub fn for_each_match(&self, topic: &str, mut f: impl FnMut(&T)) {
+        let topic = topic.strip_prefix('/').unwrap_or(topic);
+        let levels: Vec<&str> = topic.split('/').collect();
+        let dollar = levels.first().is_some_and(|l| l.starts_with('$'));
+        fn walk<'a, T>(
+            node: &'a TrieNode<T>,
+            levels: &[&str],
+            first: bool,
+            dollar: bool,
+            f: &mut impl FnMut(&'a T),
+        ) {
+            let wild = !(first && dollar);
+            if wild {
+                node.many.iter().for_each(&mut *f);
+            }
+            let Some((head, rest)) = levels.split_first() else {
+                node.here.iter().for_each(f);
+                return;
+            };
+            if let Some(child) = node.exact.get(*head) {
+                walk(child, rest, false, dollar, f);
+            }
+            if wild {
+                if let Some(one) = &node.one {
+                    walk(one, rest, false, dollar, f);
+                }
+            }
+        }
+        walk(&self.root, &levels, true, dollar, &mut f);
+    }
+
+    /// Whether any filter matches `topic`.
+    pub fn matches(&self, topic: &str) -> bool {
+        let mut found = false;
+        self.for_each_match(topic, |_| found = true);
+        found
+    }
+}
+
 /// The topics a change of a document publishes (DESIGN §4): those of the previous live winner
 /// (so a subscriber learns that a document left the set it watches) and of the new live
 /// winner, each once, in that order; `_id/<id>` always. A deletion passes `new = None`.
@@ -177,6 +317,72 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    #[test]
+    fn the_trie_agrees_with_the_filters() {
+        let filters = [
+            "sport/#",
+            "sport/+/player1",
+            "#",
+            "+/+",
+            "+",
+            "$SYS/#",
+            "a/b",
+            "a/*",
+            "users/+/name/#",
+            "x/+/y",
+        ];
+        let topics = [
+            "sport",
+            "sport/tennis/player1",
+            "a/b",
+            "a",
+            "$SYS/x",
+            "$SYS",
+            "users/u1/name/Ann",
+            "x/1/y",
+            "x/1/z",
+            "/finance",
+        ];
+        let mut trie = TopicTrie::new();
+        for (i, flt) in filters.iter().enumerate() {
+            trie.insert(&f(flt), i);
+        }
+        assert_eq!(trie.len(), filters.len());
+        for t in topics {
+            let mut got = Vec::new();
+            trie.for_each_match(t, |i| got.push(*i));
+            got.sort();
+            let want: Vec<usize> = (0..filters.len())
+                .filter(|i| f(filters[*i]).matches(t))
+                .collect();
+            assert_eq!(got, want, "{t}");
+        }
+        trie.retain(&mut |i| *i != 2);
+        assert_eq!(trie.len(), filters.len() - 1);
+        assert!(!trie.matches("zzz/q/r/s"), "only # matched it");
+        trie.retain(&mut |_| false);
+        assert!(trie.is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn trie_matches_like_each_filter(
+            filters in proptest::collection::vec("(a|b|\\+|\\$x)(/(a|b|\\+|#)){0,3}", 1..8),
+            topic in "(a|b|\\$x)(/(a|b)){0,4}",
+        ) {
+            let parsed: Vec<TopicFilter> = filters.iter().filter_map(|x| TopicFilter::parse(x).ok()).collect();
+            let mut trie = TopicTrie::new();
+            for (i, flt) in parsed.iter().enumerate() {
+                trie.insert(flt, i);
+            }
+            let mut got = Vec::new();
+            trie.for_each_match(&topic, |i| got.push(*i));
+            got.sort();
+            let want: Vec<usize> = (0..parsed.len()).filter(|i| parsed[*i].matches(&topic)).collect();
+            prop_assert_eq!(got, want);
+        }
+    }
 
     #[test]
     fn change_topics_cover_the_old_and_the_new_winner() {

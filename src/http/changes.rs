@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use cooper_actors::barrel::store::{ChangeRow, GetOptions};
+use cooper_actors::listener::{ChangeStream, Lagged, Since, StreamItem};
 use cooper_actors::BarrelHandle;
-use cooper_protocols::topic::{change_topics, TopicFilter};
+use cooper_protocols::topic::{change_topics, TopicFilter, TopicTrie};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -29,6 +30,8 @@ struct FeedRequest {
     include_docs: bool,
     all_docs: bool,
     filters: Vec<TopicFilter>,
+    /// The same filters as a trie: the matcher listeners use.
+    trie: TopicTrie<()>,
     feed: Feed,
     timeout: Duration,
     heartbeat: Option<Duration>,
@@ -53,6 +56,7 @@ fn parse(
         include_docs: false,
         all_docs: false,
         filters: Vec::new(),
+        trie: TopicTrie::new(),
         feed: Feed::Normal,
         timeout: Duration::from_millis(DEFAULT_TIMEOUT_MS.min(limits.max_feed_timeout_ms)),
         heartbeat: None,
@@ -97,7 +101,9 @@ fn parse(
                 if r.filters.len() >= 64 {
                     return Err(ApiError::bad_request("at most 64 filters"));
                 }
-                r.filters.push(TopicFilter::parse(v)?);
+                let f = TopicFilter::parse(v)?;
+                r.trie.insert(&f, ());
+                r.filters.push(f);
             }
             "feed" => {
                 r.feed = match v.as_str() {
@@ -186,11 +192,9 @@ fn render(
         None
     };
     if !r.filters.is_empty() {
+        let trie = &r.trie;
         let topics = change_topics(&row.id, None, doc.as_ref().map(|d| &d.body));
-        if !topics
-            .iter()
-            .any(|t| r.filters.iter().any(|f| f.matches(t)))
-        {
+        if !topics.iter().any(|t| trie.matches(t)) {
             return Ok(None);
         }
     }
@@ -262,18 +266,41 @@ where
         .streaming(body)
 }
 
-/// What woke a waiting feed.
+/// A live feed's subscription: every change after `since` matching the request's filters
+/// (all changes without filters), replayed then live, through the barrel's listener hub.
+async fn subscribe(barrel: &BarrelHandle, r: &FeedRequest) -> Result<ChangeStream, ApiError> {
+    let filters = if r.filters.is_empty() {
+        vec![TopicFilter::parse("#")?]
+    } else {
+        r.filters.clone()
+    };
+    Ok(barrel
+        .listen(filters, Since::Seq(r.since), r.include_docs)
+        .await?)
+}
+
+/// A live item as a changes row.
+fn item_row(item: &StreamItem) -> Value {
+    let mut v = json!({"seq": item.seq.to_string(), "id": item.id, "changes": [{"rev": item.rev}]});
+    if item.deleted {
+        v["deleted"] = Value::Bool(true);
+    }
+    if let Some(doc) = &item.doc {
+        v["doc"] = serde_json::from_str(doc).unwrap_or(Value::Null);
+    }
+    v
+}
+
+/// What a wait ended with.
 enum Wake {
-    Change,
+    Item(Result<StreamItem, Lagged>),
     Heartbeat,
     Timeout,
     Gone,
 }
 
 async fn wait(
-    events: &mut tokio::sync::broadcast::Receiver<
-        std::sync::Arc<cooper_actors::barrel::DocumentChanged>,
-    >,
+    stream: &mut ChangeStream,
     tx: &mpsc::Sender<web::Bytes>,
     deadline: Instant,
     heartbeat: Option<Duration>,
@@ -285,101 +312,116 @@ async fn wait(
         }
     };
     tokio::select! {
-        ev = events.recv() => match ev {
-            Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Wake::Change,
-            Err(tokio::sync::broadcast::error::RecvError::Closed) => Wake::Gone,
-        },
+        item = stream.next() => Wake::Item(item),
         _ = tokio::time::sleep_until(deadline) => Wake::Timeout,
         _ = beat => Wake::Heartbeat,
         _ = tx.closed() => Wake::Gone,
     }
 }
 
+type Producer = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Longpoll: everything after `since` at once if there is something, else the first change
+/// (and whatever is ready with it), else an empty answer after `timeout`.
 fn longpoll(
     barrel: BarrelHandle,
     r: FeedRequest,
-) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
-{
+) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> Producer {
     move |tx| {
         Box::pin(async move {
-            // Subscribe before reading, so a change committed in between wakes us.
-            let mut events = barrel.subscribe();
-            let deadline = Instant::now() + r.timeout;
-            let answer = loop {
-                match collect(&barrel, &r, r.since, r.limit) {
-                    Ok((rows, last)) if !rows.is_empty() => {
-                        break json!({"results": rows, "last_seq": last.to_string()});
-                    }
-                    Ok(_) => {}
-                    Err(e) => break json!({"error": e.kind, "reason": e.reason}),
+            let answer = match collect(&barrel, &r, r.since, r.limit) {
+                Ok((rows, last)) if !rows.is_empty() => {
+                    json!({"results": rows, "last_seq": last.to_string()})
                 }
-                loop {
-                    match wait(&mut events, &tx, deadline, r.heartbeat).await {
-                        Wake::Change => break,
-                        Wake::Heartbeat => {
-                            if tx.send(web::Bytes::from_static(b"\n")).await.is_err() {
-                                return;
+                Err(e) => json!({"error": e.kind, "reason": e.reason}),
+                Ok(_) => match subscribe(&barrel, &r).await {
+                    Err(e) => json!({"error": e.kind, "reason": e.reason}),
+                    Ok(mut stream) => {
+                        let deadline = Instant::now() + r.timeout;
+                        let mut rows = Vec::new();
+                        let mut last = r.since;
+                        loop {
+                            match wait(&mut stream, &tx, deadline, r.heartbeat).await {
+                                Wake::Item(Ok(item)) => {
+                                    last = item.seq;
+                                    rows.push(item_row(&item));
+                                    // Take what is ready with it, without waiting.
+                                    while rows.len() < r.limit {
+                                        match futures_util::FutureExt::now_or_never(stream.next()) {
+                                            Some(Ok(item)) => {
+                                                last = item.seq;
+                                                rows.push(item_row(&item));
+                                            }
+                                            _ => break,
+                                        }
+                                    }
+                                    break;
+                                }
+                                Wake::Item(Err(_)) | Wake::Timeout => break,
+                                Wake::Heartbeat => {
+                                    if tx.send(web::Bytes::from_static(b"\n")).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Wake::Gone => return,
                             }
                         }
-                        Wake::Timeout => {
-                            let body = json!({"results": [], "last_seq": r.since.to_string()});
-                            let _ = tx.send(web::Bytes::from(format!("{body}\n"))).await;
-                            return;
-                        }
-                        Wake::Gone => return,
+                        json!({"results": rows, "last_seq": last.to_string()})
                     }
-                }
+                },
             };
             let _ = tx.send(web::Bytes::from(format!("{answer}\n"))).await;
         })
     }
 }
 
+/// Eventsource: every change after `since` as `id:`/`data:` frames until `timeout` or the
+/// client leaves; a subscription that lags ends the stream with an `error` event that says
+/// where to resume (`Last-Event-ID` semantics: reconnect with `since`).
 fn eventsource(
     barrel: BarrelHandle,
     r: FeedRequest,
-) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>
-{
+) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> Producer {
     move |tx| {
         Box::pin(async move {
-            let mut events = barrel.subscribe();
+            let mut stream = match subscribe(&barrel, &r).await {
+                Ok(s) => s,
+                Err(e) => {
+                    let frame = format!(
+                        "event: error\ndata: {}\n\n",
+                        json!({"error": e.kind, "reason": e.reason})
+                    );
+                    let _ = tx.send(web::Bytes::from(frame)).await;
+                    return;
+                }
+            };
             let deadline = Instant::now() + r.timeout;
-            let mut since = r.since;
             loop {
-                match collect(&barrel, &r, since, r.limit) {
-                    Ok((rows, last)) => {
-                        for row in rows {
-                            let seq = row["seq"].as_str().unwrap_or("0").to_owned();
-                            let frame = format!("id: {seq}\ndata: {row}\n\n");
-                            if tx.send(web::Bytes::from(frame)).await.is_err() {
-                                return;
-                            }
+                match wait(&mut stream, &tx, deadline, r.heartbeat).await {
+                    Wake::Item(Ok(item)) => {
+                        let frame = format!("id: {}\ndata: {}\n\n", item.seq, item_row(&item));
+                        if tx.send(web::Bytes::from(frame)).await.is_err() {
+                            return;
                         }
-                        since = last.max(since);
                     }
-                    Err(e) => {
-                        let frame = format!(
-                            "event: error\ndata: {}\n\n",
-                            json!({"error": e.kind, "reason": e.reason})
-                        );
-                        let _ = tx.send(web::Bytes::from(frame)).await;
+                    Wake::Item(Err(lag)) => {
+                        let data =
+                            json!({"error": "lagged", "resume_from": lag.resume_from.to_string()});
+                        let _ = tx
+                            .send(web::Bytes::from(format!("event: lagged\ndata: {data}\n\n")))
+                            .await;
                         return;
                     }
-                }
-                loop {
-                    match wait(&mut events, &tx, deadline, r.heartbeat).await {
-                        Wake::Change => break,
-                        Wake::Heartbeat => {
-                            if tx
-                                .send(web::Bytes::from_static(b": heartbeat\n\n"))
-                                .await
-                                .is_err()
-                            {
-                                return;
-                            }
+                    Wake::Heartbeat => {
+                        if tx
+                            .send(web::Bytes::from_static(b": heartbeat\n\n"))
+                            .await
+                            .is_err()
+                        {
+                            return;
                         }
-                        Wake::Timeout | Wake::Gone => return,
                     }
+                    Wake::Timeout | Wake::Gone => return,
                 }
             }
         })

@@ -119,6 +119,9 @@ pub async fn put(
     let barrel = state.barrel(&b)?;
     check_id(&id)?;
     let new_edits = !matches!(params.new_edits.as_deref(), Some("false"));
+    if !matches!(params.new_edits.as_deref(), None | Some("true" | "false")) {
+        return Err(ApiError::bad_request("new_edits must be true or false"));
+    }
     let mut doc = read_doc(&req, &state, payload).await?;
     if doc.id.as_ref().is_some_and(|body_id| *body_id != id) {
         return Err(ApiError::bad_request(
@@ -234,6 +237,11 @@ pub async fn bulk(
     let limits = &state.config.limits;
     let body = read_body(&req, payload, limits.max_request_bytes).await?;
     super::check_json_content_type(&req)?;
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "the body must be an object: {\"docs\": [...], \"new_edits\": true|false}",
+        ));
+    }
     let bulk: BulkBody<'_> = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request(format!(
             "the body must be {{\"docs\": [...], \"new_edits\": true|false}}: {e}"

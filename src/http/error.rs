@@ -51,6 +51,11 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", reason)
     }
 
+    /// 405: the path exists, the method does not.
+    pub fn method_not_allowed(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", reason)
+    }
+
     /// 409: a stale or missing revision.
     pub fn conflict(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", reason)

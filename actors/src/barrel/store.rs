@@ -1259,6 +1259,7 @@ impl<'t> Writer<'t> {
         if is_local_id(&id) {
             return self.put_local(id, doc.local_rev, doc.deleted, doc.body, false);
         }
+        check_not_local_rev(&doc)?;
         let info = load_info(&self.docs, &id)?;
         let parent: Option<Rev> = match (&info, doc.rev) {
             (None, None) => None,
@@ -1327,6 +1328,7 @@ impl<'t> Writer<'t> {
         if is_local_id(&id) {
             return self.put_local(id, None, doc.deleted, doc.body, true);
         }
+        check_not_local_rev(&doc)?;
         let path = match (&doc.revisions, doc.rev) {
             (Some(h), _) if !h.is_empty() => h.clone(),
             (_, Some(rev)) => vec![rev],
@@ -1390,6 +1392,9 @@ impl<'t> Writer<'t> {
         let mut out = Vec::with_capacity(given.len());
         for (name, spec) in given {
             let bad = |why: &str| BarrelError::BadRequest(format!("attachment {name:?}: {why}"));
+            if name.is_empty() || name.len() > 1024 || name.starts_with('_') {
+                return Err(bad("names are 1 to 1024 bytes and must not start with '_'"));
+            }
             let spec = spec.as_object().ok_or_else(|| bad("must be an object"))?;
             let content_type = match spec.get("content_type") {
                 None => "application/octet-stream".to_owned(),
@@ -1584,6 +1589,16 @@ impl<'t> Writer<'t> {
             self.paths.insert(k.as_slice(), ())?;
         }
         Ok(())
+    }
+}
+
+/// A `0-N` revision belongs to local documents only.
+fn check_not_local_rev(doc: &IncomingDoc) -> Result<(), BarrelError> {
+    match doc.local_rev {
+        Some(n) => Err(BarrelError::BadRequest(format!(
+            "_rev 0-{n} is a local document's revision; documents have revisions like 1-<32 hex>"
+        ))),
+        None => Ok(()),
     }
 }
 
