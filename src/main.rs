@@ -271,7 +271,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 filters
             };
-            let request = cooper::client::ListenRequest { barrel, filters, since, include_docs };
+            let request = cooper::client::ListenRequest {
+                barrel,
+                filters,
+                since,
+                include_docs,
+            };
             cooper::client::listen(
                 &client,
                 &request,

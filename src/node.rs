@@ -59,6 +59,9 @@ struct Inner {
     barrels: BarrelMap,
     config: Arc<Config>,
     http: OnceLock<HttpService>,
+    /// Flips to true when the node shuts down: long-lived requests (listeners, live feeds)
+    /// end at once instead of holding the HTTP shutdown.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Node {
@@ -76,12 +79,14 @@ impl Node {
         let barrels = registry.barrel_map();
         let registry = registry.start();
         let config = Arc::new(config);
+        let (stopping, _) = tokio::sync::watch::channel(false);
         let node = Node {
             inner: Arc::new(Inner {
                 registry,
                 barrels,
                 config: config.clone(),
                 http: OnceLock::new(),
+                stopping,
             }),
         };
         if let Some(addr) = config.http {
@@ -109,6 +114,11 @@ impl Node {
     /// The configuration the node runs with.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// A receiver that sees `true` once the node starts shutting down.
+    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.stopping.subscribe()
     }
 
     /// The address the HTTP API is bound to, if it serves one.
@@ -150,6 +160,7 @@ impl Node {
     /// Stops the node: the HTTP API finishes the requests in flight, then every barrel commits
     /// its queued writes and closes its file.
     pub async fn shutdown(self) -> Result<(), NodeError> {
+        self.inner.stopping.send_replace(true);
         if let Some(http) = self.inner.http.get() {
             http.stop().await;
         }

@@ -70,9 +70,19 @@ macro_rules! storage_error {
     )*};
 }
 
+impl From<redb::DatabaseError> for BarrelError {
+    fn from(e: redb::DatabaseError) -> Self {
+        match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Self::Storage(
+                "the file is already open in another cooper node (is one running on this data directory?)".into(),
+            ),
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
 storage_error!(
     redb::Error,
-    redb::DatabaseError,
     redb::TransactionError,
     redb::TableError,
     redb::StorageError,

@@ -241,8 +241,14 @@ pub async fn feed(
                     .json_line(json!({"results": rows, "last_seq": last.to_string()})),
             )
         }
-        Feed::Longpoll => Ok(streaming("application/json", longpoll(barrel, r))),
-        Feed::EventSource => Ok(streaming("text/event-stream", eventsource(barrel, r))),
+        Feed::Longpoll => Ok(streaming(
+            "application/json",
+            longpoll(barrel, r, state.node.stopping()),
+        )),
+        Feed::EventSource => Ok(streaming(
+            "text/event-stream",
+            eventsource(barrel, r, state.node.stopping()),
+        )),
     }
 }
 
@@ -304,6 +310,7 @@ async fn wait(
     tx: &mpsc::Sender<web::Bytes>,
     deadline: Instant,
     heartbeat: Option<Duration>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Wake {
     let beat = async {
         match heartbeat {
@@ -316,6 +323,7 @@ async fn wait(
         _ = tokio::time::sleep_until(deadline) => Wake::Timeout,
         _ = beat => Wake::Heartbeat,
         _ = tx.closed() => Wake::Gone,
+        _ = stopping.wait_for(|s| *s) => Wake::Timeout,
     }
 }
 
@@ -326,6 +334,7 @@ type Producer = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
 fn longpoll(
     barrel: BarrelHandle,
     r: FeedRequest,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> Producer {
     move |tx| {
         Box::pin(async move {
@@ -341,7 +350,8 @@ fn longpoll(
                         let mut rows = Vec::new();
                         let mut last = r.since;
                         loop {
-                            match wait(&mut stream, &tx, deadline, r.heartbeat).await {
+                            match wait(&mut stream, &tx, deadline, r.heartbeat, &mut stopping).await
+                            {
                                 Wake::Item(Ok(item)) => {
                                     last = item.seq;
                                     rows.push(item_row(&item));
@@ -381,6 +391,7 @@ fn longpoll(
 fn eventsource(
     barrel: BarrelHandle,
     r: FeedRequest,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
 ) -> impl FnOnce(mpsc::Sender<web::Bytes>) -> Producer {
     move |tx| {
         Box::pin(async move {
@@ -397,7 +408,7 @@ fn eventsource(
             };
             let deadline = Instant::now() + r.timeout;
             loop {
-                match wait(&mut stream, &tx, deadline, r.heartbeat).await {
+                match wait(&mut stream, &tx, deadline, r.heartbeat, &mut stopping).await {
                     Wake::Item(Ok(item)) => {
                         let frame = format!("id: {}\ndata: {}\n\n", item.seq, item_row(&item));
                         if tx.send(web::Bytes::from(frame)).await.is_err() {

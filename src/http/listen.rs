@@ -159,7 +159,8 @@ pub async fn listen(
         .max_frame_size(MAX_FRAME)
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
-    actix_rt::spawn(Connection::new(barrel, session).run(messages, initial));
+    let stopping = state.node.stopping();
+    actix_rt::spawn(Connection::new(barrel, session).run(messages, initial, stopping));
     Ok(res)
 }
 
@@ -275,6 +276,7 @@ impl Connection {
         mut self,
         mut messages: actix_ws::AggregatedMessageStream,
         initial: Option<SubscribeRequest>,
+        mut stopping: tokio::sync::watch::Receiver<bool>,
     ) {
         if let Some(req) = initial {
             if !self.subscribe(req).await {
@@ -309,6 +311,14 @@ impl Connection {
                             self.send(json!({"op": "lagged", "id": id, "resume_from": lag.resume_from.to_string()}).to_string()).await
                         }
                     }
+                }
+                _ = stopping.wait_for(|s| *s) => {
+                    let reason = actix_ws::CloseReason {
+                        code: actix_ws::CloseCode::Away,
+                        description: Some("node shutting down".into()),
+                    };
+                    let _ = self.session.close(Some(reason)).await;
+                    return;
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > PING_EVERY * 3 {
