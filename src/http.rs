@@ -137,6 +137,10 @@ routes! {
     get "/barrels/{b}/changes" => changes::feed, "The changes feed: each document once, at its latest seq.",
         query [("since", "a seq, or now"), ("limit", "most rows"), ("include_docs", "true: include each winner"), ("filter", "a topic filter (repeatable)"), ("feed", "normal, longpoll or eventsource"), ("timeout", "longpoll/eventsource: milliseconds to wait"), ("heartbeat", "milliseconds between keep-alive newlines")],
         responses [200, 400, 404];
+    post "/graphql" => crate::graphql::post, "GraphQL: a query or mutation, or a batch (JSON array) of them.", query [], responses [200, 400, 413, 415];
+    get "/graphql" => crate::graphql::get, "GraphiQL in a browser; with ?query= a GraphQL query over GET.", query [("query", "a GraphQL query"), ("variables", "JSON"), ("operationName", "which operation")], responses [200, 400];
+    get "/graphql/ws" => crate::graphql::ws, "GraphQL subscriptions over a websocket: subprotocols graphql-transport-ws and graphql-ws.", query [], responses [101, 400];
+    get "/graphql/schema.graphql" => crate::graphql::sdl_route, "The GraphQL schema in SDL.", query [], responses [200];
     get "/barrels/{b}/listen" => listen::listen, "Listener websocket: subscribe to topic filters, get every matching change (replayed from since, then live). See the README for the frames; ?filter=&since=&include_docs= subscribes at once.",
         query [("filter", "a topic filter (repeatable): subscribe at once with id 0"), ("since", "a seq or now"), ("include_docs", "true: include each document")],
         responses [101, 400, 404];
@@ -208,9 +212,11 @@ impl HttpService {
     pub fn start(state: AppState, addr: SocketAddr) -> std::io::Result<Self> {
         prometheus();
         let workers = state.config.http_workers.max(1);
+        let schema = crate::graphql::schema(state.node.clone(), state.config.clone());
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
+                .app_data(web::Data::new(schema.clone()))
                 .app_data(web::QueryConfig::default().error_handler(query_error))
                 .app_data(web::PathConfig::default().error_handler(path_error))
                 .configure(register)

@@ -5,7 +5,8 @@
 //! |---|---|
 //! | [`config`] | [`Config`]: data directory, HTTP address, limits, auth; from TOML, env and flags |
 //! | [`node`] | [`Node`]: start, barrels, shutdown |
-//! | [`http`] | the REST API (actix-web): routes, errors, auth, OpenAPI |
+//! | [`http`] | the REST API (actix-web): routes, errors, auth, OpenAPI, the listener websocket |
+//! | [`graphql`] | the GraphQL API (async-graphql): schema, HTTP and websocket transports |
 //! | [`client`] | the HTTP client behind the `cooper` CLI's client commands |
 //!
 //! The parts underneath are re-exported: [`protocols`] (pure data: ids, revisions, paths,
@@ -28,6 +29,7 @@
 
 pub mod client;
 pub mod config;
+pub mod graphql;
 pub mod http;
 pub mod node;
 

@@ -55,6 +55,8 @@ enum Command {
     },
     /// Show the node's status.
     Status,
+    /// Print the GraphQL schema (SDL).
+    Schema,
     /// Create, list or delete barrels.
     Barrel {
         #[command(subcommand)]
@@ -151,6 +153,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             insecure,
         } => start(data, http, config, insecure).await,
+        Command::Schema => {
+            print!("{}", cooper::graphql::sdl());
+            Ok(())
+        }
         Command::Status => {
             let info = client.call("GET", "/", None).await?;
             let barrels = client.call("GET", "/barrels", None).await?;

@@ -374,6 +374,11 @@ impl BarrelHandle {
         self.store.query(query)
     }
 
+    /// How many documents match a query, over all pages.
+    pub fn count(&self, query: &Query) -> Result<usize, BarrelError> {
+        self.store.count(query)
+    }
+
     /// How a query would be answered.
     pub fn explain(&self, query: &Query) -> Result<Plan, BarrelError> {
         self.store.explain(query)

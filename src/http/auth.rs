@@ -29,7 +29,8 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn may(&self, need: Role, barrel: Option<&str>) -> bool {
+    /// Whether this principal holds `need` on `barrel` (or node-wide for `None`).
+    pub fn may(&self, need: Role, barrel: Option<&str>) -> bool {
         self.role >= need
             && match (&self.barrels, barrel) {
                 (None, _) => true,
@@ -163,7 +164,8 @@ pub fn requirement(method: &Method, path: &str) -> Option<(Role, Option<String>)
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
     let read = matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS);
     match segs.as_slice() {
-        [""] | ["health"] | ["openapi.json"] => None,
+        // GraphQL checks each field itself: a query needs reader, a mutation writer or admin.
+        [""] | ["health"] | ["openapi.json"] | ["graphql", ..] => None,
         ["metrics"] => Some((Role::Admin, None)),
         ["barrels", b] => Some((
             if read { Role::Reader } else { Role::Admin },

@@ -412,6 +412,9 @@ pub struct Query {
 pub struct QueryPage {
     /// The matching winners.
     pub docs: Vec<DocRevision>,
+    /// For each document, the cursor of the page that starts right after it (Relay's edge
+    /// cursors).
+    pub cursors: Vec<String>,
     /// Cursor of the next page, `None` when this page is the last.
     pub next: Option<String>,
 }
@@ -726,6 +729,7 @@ impl Store {
         let plan = plan(query, &paths)?;
         let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let mut out = Vec::new();
+        let mut cursors: Vec<String> = Vec::new();
         let mut next = None;
         let limit = query.limit.max(1);
         let reader = |id: &str| -> Result<Option<DocRevision>, BarrelError> {
@@ -753,9 +757,10 @@ impl Store {
                     if let Some(doc) = reader(&id)? {
                         if matches_all(&query.conditions, &doc.body) {
                             if out.len() == limit {
-                                next = Some(Cursor::Key(out_last_id(&out)).encode());
+                                next = cursors.last().cloned();
                                 break;
                             }
+                            cursors.push(Cursor::Key(doc.id.as_bytes().to_vec()).encode());
                             out.push(doc);
                         }
                     }
@@ -767,7 +772,6 @@ impl Store {
                     Some(_) => return Err(bad_cursor()),
                     None => None,
                 };
-                let mut last_key: Option<Vec<u8>> = None;
                 let ordered: Vec<&KeyRange> = if *desc {
                     ranges.iter().rev().collect()
                 } else {
@@ -800,10 +804,10 @@ impl Store {
                             continue;
                         }
                         if out.len() == limit {
-                            next = last_key.take().map(|k| Cursor::Key(k).encode());
+                            next = cursors.last().cloned();
                             break 'ranges;
                         }
-                        last_key = Some(key.to_vec());
+                        cursors.push(Cursor::Key(key.to_vec()).encode());
                         out.push(doc);
                     }
                 }
@@ -852,7 +856,6 @@ impl Store {
                     Some(_) => return Err(bad_cursor()),
                     None => None,
                 };
-                let mut last: Option<(Vec<u8>, String)> = None;
                 for (key, doc) in rows {
                     if let Some((ak, aid)) = &after {
                         let o = key
@@ -865,15 +868,38 @@ impl Store {
                         }
                     }
                     if out.len() == limit {
-                        next = last.take().map(|(k, id)| Cursor::Sorted(k, id).encode());
+                        next = cursors.last().cloned();
                         break;
                     }
-                    last = Some((key, doc.id.clone()));
+                    cursors.push(Cursor::Sorted(key, doc.id.clone()).encode());
                     out.push(doc);
                 }
             }
         }
-        Ok(QueryPage { docs: out, next })
+        Ok(QueryPage {
+            docs: out,
+            cursors,
+            next,
+        })
+    }
+
+    /// How many live documents match `query` (its cursor and limit are ignored); reads every
+    /// match, a page at a time.
+    pub fn count(&self, query: &Query) -> Result<usize, BarrelError> {
+        let mut q = Query {
+            cursor: None,
+            limit: 1000,
+            ..query.clone()
+        };
+        let mut n = 0;
+        loop {
+            let page = self.query(&q)?;
+            n += page.docs.len();
+            match page.next {
+                Some(next) => q.cursor = Some(next),
+                None => return Ok(n),
+            }
+        }
     }
 
     /// How [`Store::query`] would answer `query`.
@@ -882,12 +908,6 @@ impl Store {
         let paths = txn.open_table(PATHS)?;
         Ok(plan(query, &paths)?.explain(query))
     }
-}
-
-fn out_last_id(out: &[DocRevision]) -> Vec<u8> {
-    out.last()
-        .map(|d| d.id.as_bytes().to_vec())
-        .unwrap_or_default()
 }
 
 fn bad_cursor() -> BarrelError {
