@@ -132,6 +132,7 @@ routes! {
     get "/barrels/{b}/docs/{id}" => docs::get, "Reads a document: its winner, or a given revision.",
         query [("rev", "a given revision"), ("revs", "true: include _revisions"), ("conflicts", "true: include _conflicts"), ("open_revs", "all, or a JSON array of revisions: every leaf asked for")],
         responses [200, 304, 400, 404];
+    head "/barrels/{b}/docs/{id}" => docs::get, "Whether a document exists: the status and ETag of GET, without the body.", query [("rev", "a given revision")], responses [200, 304, 404];
     delete "/barrels/{b}/docs/{id}" => docs::delete, "Deletes a document (writes a tombstone); needs ?rev= or If-Match.", query [("rev", "the current revision")], responses [200, 400, 404, 409];
     post "/barrels/{b}/_bulk_docs" => docs::bulk, "Writes many documents: {\"docs\": [...], \"new_edits\": true|false}; one result per document.", query [], responses [201, 400, 404, 413, 415];
     get "/barrels/{b}/changes" => changes::feed, "The changes feed: each document once, at its latest seq.",

@@ -364,6 +364,14 @@ impl BarrelHandle {
         self.store.open_revs(id, which)
     }
 
+    /// The revision tree of a document, if it exists.
+    pub fn rev_tree(
+        &self,
+        id: &str,
+    ) -> Result<Option<cooper_protocols::rev_tree::RevTree>, BarrelError> {
+        self.store.rev_tree(id)
+    }
+
     /// The changes feed after `since`.
     pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<ChangeRow>, BarrelError> {
         self.store.changes(since, limit)

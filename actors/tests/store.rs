@@ -467,6 +467,11 @@ fn every_query_operator() {
     assert_eq!(sorted(&[("address", Op::Exists(true))]), ["p4"]);
     assert_eq!(sorted(&[("address/zip", Op::Exists(true))]), ["p4"]);
     assert_eq!(sorted(&[("tags", Op::Exists(false))]), ["p4"]);
+    // An empty array exists (p3 has `tags: []`).
+    assert_eq!(
+        sorted(&[("tags", Op::Exists(true))]),
+        ["p1", "p2", "p3", "p5"]
+    );
     // Arrays by membership and by position.
     assert_eq!(sorted(&[("tags/*", Op::Eq(json!("a")))]), ["p1", "p5"]);
     assert_eq!(sorted(&[("tags/0", Op::Eq(json!("b")))]), ["p2"]);

@@ -25,6 +25,10 @@ pub mod tag {
     pub const NUMBER: u8 = 0x20;
     /// strings: followed by the escaped bytes and the terminator `0x00 0x01`
     pub const STRING: u8 = 0x30;
+    /// an empty array (indexed so that `exists` finds it)
+    pub const EMPTY_ARRAY: u8 = 0x40;
+    /// an empty object
+    pub const EMPTY_OBJECT: u8 = 0x41;
 }
 
 /// Why a path or an index key was refused.
@@ -116,7 +120,8 @@ pub fn leaf_values(body: &Map<String, Value>) -> Vec<(String, &Value)> {
 
 /// The path index entries of a body: every scalar leaf under its positional pointer and, for
 /// leaves inside arrays, under the pointers where array positions are replaced by `*`
-/// (membership), deduplicated and sorted. When a leaf lies under more than 3 nested arrays,
+/// (membership), deduplicated and sorted. Empty arrays and objects count as leaves (so
+/// `exists` finds them). When a leaf lies under more than 3 nested arrays,
 /// only the all-positional and the all-`*` pointers are emitted, so the count stays bounded.
 /// Top-level `_` members are skipped.
 pub fn index_entries(body: &Map<String, Value>) -> Vec<(String, &Value)> {
@@ -198,8 +203,9 @@ pub fn encode_path(pointer: &str, out: &mut Vec<u8>) {
     push_escaped_bytes(pointer.as_bytes(), out);
 }
 
-/// Appends the scalar key of `value` (tag, then order-preserving bytes). Containers are not
-/// scalars: returns false and writes nothing for them.
+/// Appends the scalar key of `value` (tag, then order-preserving bytes). Empty arrays and
+/// objects have keys of their own, after strings; other containers are not scalars: returns
+/// false and writes nothing for them.
 pub fn encode_scalar(value: &Value, out: &mut Vec<u8>) -> bool {
     match value {
         Value::Null => out.push(tag::NULL),
@@ -213,6 +219,8 @@ pub fn encode_scalar(value: &Value, out: &mut Vec<u8>) -> bool {
             out.push(tag::STRING);
             push_escaped_bytes(s.as_bytes(), out);
         }
+        Value::Array(a) if a.is_empty() => out.push(tag::EMPTY_ARRAY),
+        Value::Object(o) if o.is_empty() => out.push(tag::EMPTY_OBJECT),
         Value::Array(_) | Value::Object(_) => return false,
     }
     true
@@ -236,6 +244,8 @@ pub fn decode_index_key(key: &[u8]) -> Result<(String, Value, String), PathError
         tag::NULL => (Value::Null, rest),
         tag::FALSE => (Value::Bool(false), rest),
         tag::TRUE => (Value::Bool(true), rest),
+        tag::EMPTY_ARRAY => (Value::Array(Vec::new()), rest),
+        tag::EMPTY_OBJECT => (Value::Object(Map::new()), rest),
         tag::NUMBER => {
             let (bytes, rest) = rest.split_first_chunk::<8>().ok_or(PathError::CorruptKey)?;
             (decode_f64(*bytes).ok_or(PathError::CorruptKey)?, rest)
@@ -371,6 +381,8 @@ struct IndexWalk<'a, 'o> {
 impl<'a> IndexWalk<'a, '_> {
     fn visit(&mut self, value: &'a Value) {
         match value {
+            Value::Object(map) if map.is_empty() => self.leaf(value),
+            Value::Array(items) if items.is_empty() => self.leaf(value),
             Value::Object(map) => {
                 let len = self.buf.len();
                 for (key, v) in map {
@@ -756,7 +768,15 @@ mod tests {
             ]
         );
         assert!(entries(json!({})).is_empty());
-        assert!(entries(json!({"a": [], "b": {}, "c": [[], {}]})).is_empty());
+        // Empty containers are indexed too, so `exists` finds them.
+        let got = entries(json!({"a": [], "b": {}, "c": [[], {}]}));
+        let pointers: Vec<&str> = got.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(pointers, ["/a", "/b", "/c/*", "/c/*", "/c/0", "/c/1"]);
+        let key = index_key("/a", &json!([]), "d");
+        assert_eq!(
+            decode_index_key(&key).unwrap(),
+            ("/a".to_owned(), json!([]), "d".to_owned())
+        );
     }
 
     #[test]

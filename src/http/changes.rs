@@ -285,9 +285,20 @@ async fn subscribe(barrel: &BarrelHandle, r: &FeedRequest) -> Result<ChangeStrea
         .await?)
 }
 
-/// A live item as a changes row.
-fn item_row(item: &StreamItem) -> Value {
-    let mut v = json!({"seq": item.seq.to_string(), "id": item.id, "changes": [{"rev": item.rev}]});
+/// A live item as a changes row (with every leaf for `style=all_docs`).
+fn item_row(barrel: &BarrelHandle, r: &FeedRequest, item: &StreamItem) -> Value {
+    let leaves = if r.all_docs {
+        barrel.rev_tree(&item.id).ok().flatten().map(|t| {
+            t.leaves()
+                .into_iter()
+                .map(|l| json!({"rev": l.rev.to_string()}))
+                .collect::<Vec<_>>()
+        })
+    } else {
+        None
+    };
+    let changes = leaves.unwrap_or_else(|| vec![json!({"rev": item.rev})]);
+    let mut v = json!({"seq": item.seq.to_string(), "id": item.id, "changes": changes});
     if item.deleted {
         v["deleted"] = Value::Bool(true);
     }
@@ -354,13 +365,13 @@ fn longpoll(
                             {
                                 Wake::Item(Ok(item)) => {
                                     last = item.seq;
-                                    rows.push(item_row(&item));
+                                    rows.push(item_row(&barrel, &r, &item));
                                     // Take what is ready with it, without waiting.
                                     while rows.len() < r.limit {
                                         match futures_util::FutureExt::now_or_never(stream.next()) {
                                             Some(Ok(item)) => {
                                                 last = item.seq;
-                                                rows.push(item_row(&item));
+                                                rows.push(item_row(&barrel, &r, &item));
                                             }
                                             _ => break,
                                         }
@@ -410,7 +421,11 @@ fn eventsource(
             loop {
                 match wait(&mut stream, &tx, deadline, r.heartbeat, &mut stopping).await {
                     Wake::Item(Ok(item)) => {
-                        let frame = format!("id: {}\ndata: {}\n\n", item.seq, item_row(&item));
+                        let frame = format!(
+                            "id: {}\ndata: {}\n\n",
+                            item.seq,
+                            item_row(&barrel, &r, &item)
+                        );
                         if tx.send(web::Bytes::from(frame)).await.is_err() {
                             return;
                         }

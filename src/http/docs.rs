@@ -185,7 +185,7 @@ pub async fn get(
         .headers()
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == etag);
+        .is_some_and(|v| v.trim() == etag || v.trim() == "*");
     if unchanged {
         return Ok(HttpResponse::NotModified()
             .insert_header((header::ETAG, etag))

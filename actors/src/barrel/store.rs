@@ -50,8 +50,9 @@ const UPDATE_SEQ_KEY: &str = "update_seq";
 const DOC_COUNT_KEY: &str = "doc_count";
 const DELETED_COUNT_KEY: &str = "deleted_count";
 
-/// The schema this code writes. Version 1 had no path index; 2 added it.
-pub const SCHEMA_VERSION: u64 = 2;
+/// The schema this code writes. Version 1 had no path index; 2 added it; 3 indexes empty
+/// arrays and objects too.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Format byte of stored values written by this code.
 const FORMAT: u8 = 1;
@@ -944,10 +945,12 @@ fn lo_hi_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
 
 type Migration = fn(&WriteTransaction) -> Result<(), BarrelError>;
 
-const MIGRATIONS: &[Migration] = &[migrate_1_to_2];
+const MIGRATIONS: &[Migration] = &[rebuild_path_index, rebuild_path_index];
 
-/// Schema 1 had no path index: build it from the winner of every live document.
-fn migrate_1_to_2(txn: &WriteTransaction) -> Result<(), BarrelError> {
+/// Schema 1 had no path index, schema 2 one without empty containers: (re)build it from the
+/// winner of every live document.
+fn rebuild_path_index(txn: &WriteTransaction) -> Result<(), BarrelError> {
+    txn.delete_table(PATHS)?;
     let docs = txn.open_table(DOCS)?;
     let bodies = txn.open_table(BODIES)?;
     let mut paths = txn.open_table(PATHS)?;
@@ -1750,6 +1753,9 @@ fn path_prefix(p: &str) -> Vec<u8> {
 }
 
 fn scalar_key(prefix: &[u8], v: &Value) -> Option<Vec<u8>> {
+    if !is_scalar(v) {
+        return None;
+    }
     let mut k = prefix.to_vec();
     path::encode_scalar(v, &mut k).then_some(k)
 }
