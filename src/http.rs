@@ -23,7 +23,7 @@ use crate::node::Node;
 pub mod auth;
 mod barrels;
 mod changes;
-mod docs;
+pub mod docs;
 pub mod error;
 mod info;
 mod listen;
@@ -138,6 +138,32 @@ routes! {
     get "/barrels/{b}/changes" => changes::feed, "The changes feed: each document once, at its latest seq.",
         query [("since", "a seq, or now"), ("limit", "most rows"), ("include_docs", "true: include each winner"), ("filter", "a topic filter (repeatable)"), ("feed", "normal, longpoll or eventsource"), ("timeout", "longpoll/eventsource: milliseconds to wait"), ("heartbeat", "milliseconds between keep-alive newlines")],
         responses [200, 400, 404];
+    get "/couch" => crate::couch::root, "CouchDB-compatible API: welcome.", query [], responses [200];
+    get "/couch/{db}/_changes" => crate::couch::changes, "CouchDB _changes: feed=normal|longpoll|continuous, style=all_docs, since, limit, include_docs, heartbeat, timeout, filter=_doc_ids.",
+        query [("since", "a seq or now"), ("feed", "normal, longpoll or continuous"), ("style", "all_docs: every leaf"), ("limit", "most rows"), ("include_docs", "true"), ("heartbeat", "ms"), ("timeout", "ms")], responses [200, 400, 404];
+    post "/couch/{db}/_changes" => crate::couch::changes, "CouchDB _changes with a body {\"doc_ids\": [...]} for filter=_doc_ids.", query [], responses [200, 400, 404];
+    post "/couch/{db}/_revs_diff" => crate::couch::revs_diff, "CouchDB _revs_diff: which of these revisions are missing.", query [], responses [200, 400, 404];
+    post "/couch/{db}/_bulk_get" => crate::couch::bulk_get, "CouchDB _bulk_get: revisions with their history (revs=true), attachments inline (attachments=true), latest=true.", query [("revs", "true"), ("attachments", "true"), ("latest", "true")], responses [200, 400, 404];
+    post "/couch/{db}/_bulk_docs" => crate::couch::bulk_docs, "CouchDB _bulk_docs, new_edits true or false.", query [], responses [201, 400, 404, 413, 415];
+    get "/couch/{db}/_all_docs" => crate::couch::all_docs, "CouchDB _all_docs: startkey, endkey, keys, limit, skip, descending, include_docs.", query [("include_docs", "true"), ("startkey", "JSON"), ("endkey", "JSON"), ("keys", "JSON array"), ("limit", "n"), ("skip", "n"), ("descending", "true")], responses [200, 400, 404];
+    post "/couch/{db}/_all_docs" => crate::couch::all_docs_post, "CouchDB _all_docs with {\"keys\": [...]}.", query [], responses [200, 400, 404];
+    post "/couch/{db}/_ensure_full_commit" => crate::couch::ensure_full_commit, "CouchDB _ensure_full_commit: writes are durable when acknowledged.", query [], responses [201, 404];
+    get "/couch/{db}/_local/{id}" => crate::couch::get_local, "A local document (replication checkpoints).", query [], responses [200, 404];
+    put "/couch/{db}/_local/{id}" => crate::couch::put_local, "Writes a local document.", query [], responses [201, 400, 404, 409];
+    delete "/couch/{db}/_local/{id}" => crate::couch::delete_local, "Deletes a local document.", query [("rev", "0-N")], responses [200, 404, 409];
+    get "/couch/{db}" => crate::couch::info, "CouchDB database info.", query [], responses [200, 404];
+    head "/couch/{db}" => crate::couch::info, "Whether the database exists.", query [], responses [200, 404];
+    put "/couch/{db}" => crate::couch::create, "Creates a database (a barrel).", query [], responses [201, 400, 412];
+    delete "/couch/{db}" => crate::couch::delete, "Deletes a database.", query [], responses [200, 404];
+    post "/couch/{db}" => crate::couch::post_doc, "Creates a document.", query [], responses [201, 400, 404, 409];
+    get "/couch/{db}/{docid}" => crate::couch::get_doc, "A document: rev, revs, conflicts, open_revs (JSON), latest, attachments.",
+        query [("rev", "a revision"), ("revs", "true"), ("conflicts", "true"), ("open_revs", "all or a JSON array"), ("latest", "true"), ("attachments", "true: inline data")], responses [200, 400, 404];
+    head "/couch/{db}/{docid}" => crate::couch::get_doc, "Whether a document exists.", query [], responses [200, 404];
+    put "/couch/{db}/{docid}" => crate::couch::put_doc, "Writes a document (new_edits=false for replicated revisions).", query [("rev", "current revision"), ("new_edits", "false")], responses [201, 400, 404, 409];
+    delete "/couch/{db}/{docid}" => crate::couch::delete_doc, "Deletes a document.", query [("rev", "current revision")], responses [200, 404, 409];
+    get "/couch/{db}/{docid}/{name}" => crate::couch::get_attachment, "An attachment.", query [("rev", "a revision")], responses [200, 404];
+    put "/couch/{db}/{docid}/{name}" => crate::couch::put_attachment, "Adds an attachment.", query [("rev", "current revision")], responses [201, 404, 409];
+    delete "/couch/{db}/{docid}/{name}" => crate::couch::delete_attachment, "Removes an attachment.", query [("rev", "current revision")], responses [200, 404, 409];
     post "/graphql" => crate::graphql::post, "GraphQL: a query or mutation, or a batch (JSON array) of them.", query [], responses [200, 400, 413, 415];
     get "/graphql" => crate::graphql::get, "GraphiQL in a browser; with ?query= a GraphQL query over GET.", query [("query", "a GraphQL query"), ("variables", "JSON"), ("operationName", "which operation")], responses [200, 400];
     get "/graphql/ws" => crate::graphql::ws, "GraphQL subscriptions over a websocket: subprotocols graphql-transport-ws and graphql-ws.", query [], responses [101, 400];
@@ -224,6 +250,9 @@ impl HttpService {
                 .default_service(web::to(not_found))
                 .wrap(from_fn(auth::authorize))
                 .wrap(from_fn(check_path_utf8))
+                .wrap(from_fn(cors))
+                // PouchDB and CouchDB clients address databases as `/couch/db/`.
+                .wrap(actix_web::middleware::NormalizePath::trim())
                 .wrap(from_fn(record_metrics))
         })
         .workers(workers)
@@ -264,6 +293,51 @@ async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError
         req.method(),
         allowed.join(", ")
     )))
+}
+
+/// CORS, so browsers (PouchDB in a web page) can use the API: the request's origin is
+/// allowed, and preflight `OPTIONS` requests are answered here.
+async fn cors(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    use actix_web::http::header::{self, HeaderValue};
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    if req.method() == actix_web::http::Method::OPTIONS && origin.is_some() {
+        let asked = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .cloned();
+        let mut res = actix_web::HttpResponse::NoContent();
+        res.insert_header((
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            origin.clone().unwrap_or(HeaderValue::from_static("*")),
+        ))
+        .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
+        .insert_header((
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            "GET, HEAD, POST, PUT, DELETE, OPTIONS",
+        ))
+        .insert_header((header::ACCESS_CONTROL_MAX_AGE, "600"));
+        if let Some(h) = asked {
+            res.insert_header((header::ACCESS_CONTROL_ALLOW_HEADERS, h));
+        }
+        return Ok(req.into_response(res.finish()).map_into_right_body());
+    }
+    let mut res = next.call(req).await?;
+    if let Some(o) = origin {
+        let h = res.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, o);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("ETag, Content-Type"),
+        );
+    }
+    Ok(res.map_into_left_body())
 }
 
 /// Refuses a path whose percent-encoded bytes are not UTF-8: actix would decode them

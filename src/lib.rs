@@ -6,6 +6,7 @@
 //! | [`config`] | [`Config`]: data directory, HTTP address, limits, auth; from TOML, env and flags |
 //! | [`node`] | [`Node`]: start, barrels, shutdown |
 //! | [`http`] | the REST API (actix-web): routes, errors, auth, OpenAPI, the listener websocket |
+//! | [`couch`] | the CouchDB-compatible API under `/couch` that PouchDB and CouchDB replicate with |
 //! | [`graphql`] | the GraphQL API (async-graphql): schema, HTTP and websocket transports |
 //! | [`client`] | the HTTP client behind the `cooper` CLI's client commands |
 //!
@@ -29,6 +30,7 @@
 
 pub mod client;
 pub mod config;
+pub mod couch;
 pub mod graphql;
 pub mod http;
 pub mod node;

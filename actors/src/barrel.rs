@@ -364,6 +364,20 @@ impl BarrelHandle {
         self.store.open_revs(id, which)
     }
 
+    /// Live documents by id; see [`Store::all_docs`].
+    pub fn all_docs(
+        &self,
+        start: Option<&str>,
+        end: Option<&str>,
+        inclusive_end: bool,
+        descending: bool,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<store::AllDocsRow>, BarrelError> {
+        self.store
+            .all_docs(start, end, inclusive_end, descending, skip, limit)
+    }
+
     /// The revision tree of a document, if it exists.
     pub fn rev_tree(
         &self,

@@ -241,6 +241,18 @@ pub enum OpenRevs {
     All,
     /// These revisions (each found or reported missing).
     Revs(Vec<Rev>),
+    /// These revisions, each replaced by the leaves that descend from it when it is no longer
+    /// a leaf (CouchDB's `latest=true`).
+    Latest(Vec<Rev>),
+}
+
+/// One row of `_all_docs`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllDocsRow {
+    /// The document id.
+    pub id: String,
+    /// Its winning revision.
+    pub rev: Rev,
 }
 
 /// One answer of an `open_revs` read.
@@ -577,6 +589,23 @@ impl Store {
             (OpenRevs::All, Some(info)) => info.tree.leaves().into_iter().map(|l| l.rev).collect(),
             (OpenRevs::All, None) => return Err(BarrelError::not_found("missing")),
             (OpenRevs::Revs(revs), _) => revs.clone(),
+            (OpenRevs::Latest(revs), None) => revs.clone(),
+            (OpenRevs::Latest(revs), Some(info)) => {
+                let leaves = info.tree.leaves();
+                let mut out = Vec::new();
+                for rev in revs {
+                    if !info.tree.contains(rev) || info.tree.is_leaf(rev) {
+                        out.push(*rev);
+                        continue;
+                    }
+                    for l in &leaves {
+                        if info.tree.history(&l.rev).contains(rev) && !out.contains(&l.rev) {
+                            out.push(l.rev);
+                        }
+                    }
+                }
+                out
+            }
         };
         let mut out = Vec::with_capacity(revs.len());
         for rev in revs {
@@ -588,6 +617,68 @@ impl Store {
                 None => None,
             };
             out.push(found.map_or(OpenRev::Missing(rev), OpenRev::Ok));
+        }
+        Ok(out)
+    }
+
+    /// Live documents by id, in id order (or reversed), from `start` to `end` (inclusive
+    /// unless `inclusive_end` is false), after skipping `skip`, at most `limit`.
+    pub fn all_docs(
+        &self,
+        start: Option<&str>,
+        end: Option<&str>,
+        inclusive_end: bool,
+        descending: bool,
+        skip: usize,
+        limit: usize,
+    ) -> Result<Vec<AllDocsRow>, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let (lo, hi) = if descending {
+            (end, start)
+        } else {
+            (start, end)
+        };
+        let lo_bound = match lo {
+            Some(k) if descending && !inclusive_end => Bound::Excluded(k),
+            Some(k) => Bound::Included(k),
+            None => Bound::Unbounded,
+        };
+        let hi_bound = match hi {
+            Some(k) if !descending && !inclusive_end => Bound::Excluded(k),
+            Some(k) => Bound::Included(k),
+            None => Bound::Unbounded,
+        };
+        if let (Some(l), Some(h)) = (lo, hi) {
+            if l > h {
+                return Ok(Vec::new());
+            }
+        }
+        let range = docs.range::<&str>((lo_bound, hi_bound))?;
+        let iter: Box<dyn Iterator<Item = _>> = if descending {
+            Box::new(range.rev())
+        } else {
+            Box::new(range)
+        };
+        let mut out = Vec::new();
+        let mut skipped = 0;
+        for entry in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (id, raw) = entry?;
+            let info = decode_info(raw.value())?;
+            let Some(w) = info.tree.winner().filter(|w| !w.deleted) else {
+                continue;
+            };
+            if skipped < skip {
+                skipped += 1;
+                continue;
+            }
+            out.push(AllDocsRow {
+                id: id.value().to_owned(),
+                rev: w.rev,
+            });
         }
         Ok(out)
     }
