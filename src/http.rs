@@ -29,6 +29,7 @@ mod info;
 mod listen;
 pub mod openapi;
 mod query;
+mod replicate;
 
 pub use error::ApiError;
 
@@ -164,6 +165,10 @@ routes! {
     get "/couch/{db}/{docid}/{name}" => crate::couch::get_attachment, "An attachment.", query [("rev", "a revision")], responses [200, 404];
     put "/couch/{db}/{docid}/{name}" => crate::couch::put_attachment, "Adds an attachment.", query [("rev", "current revision")], responses [201, 404, 409];
     delete "/couch/{db}/{docid}/{name}" => crate::couch::delete_attachment, "Removes an attachment.", query [("rev", "current revision")], responses [200, 404, 409];
+    post "/replicate" => replicate::replicate, "Replicates: {\"source\", \"target\" (barrel names or CouchDB-protocol URLs), \"direction\": push|pull|sync, \"continuous\", \"filter\": [topic filters], \"async\"}. One-shot answers when done (200) unless async; continuous answers 202.", query [], responses [200, 202, 400, 404];
+    get "/replications" => replicate::list, "Replication tasks with their state, documents read and written, failures, last seq and error.", query [], responses [200];
+    get "/replications/{id}" => replicate::get, "One replication task.", query [], responses [200, 404];
+    delete "/replications/{id}" => replicate::delete, "Stops and forgets a replication task (its checkpoints stay).", query [], responses [200, 404];
     post "/graphql" => crate::graphql::post, "GraphQL: a query or mutation, or a batch (JSON array) of them.", query [], responses [200, 400, 413, 415];
     get "/graphql" => crate::graphql::get, "GraphiQL in a browser; with ?query= a GraphQL query over GET.", query [("query", "a GraphQL query"), ("variables", "JSON"), ("operationName", "which operation")], responses [200, 400];
     get "/graphql/ws" => crate::graphql::ws, "GraphQL subscriptions over a websocket: subprotocols graphql-transport-ws and graphql-ws.", query [], responses [101, 400];

@@ -96,6 +96,23 @@ enum Command {
         #[arg(long)]
         include_docs: bool,
     },
+    /// Replicate a barrel with another (a local name, or a CouchDB-protocol URL such as
+    /// http://host:7080/couch/people or http://host:5984/people).
+    Replicate {
+        /// Where documents come from (with --direction push).
+        source: String,
+        /// Where they go.
+        target: String,
+        /// Keep following changes (the task is resumed when the node restarts).
+        #[arg(long)]
+        continuous: bool,
+        /// push (source to target), pull (target to source) or sync (both).
+        #[arg(long, default_value = "push")]
+        direction: String,
+        /// Only documents with a topic matching one of these filters.
+        #[arg(long)]
+        filter: Vec<String>,
+    },
     /// Read the changes feed.
     Changes {
         /// The barrel.
@@ -153,6 +170,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             config,
             insecure,
         } => start(data, http, config, insecure).await,
+        Command::Replicate {
+            source,
+            target,
+            continuous,
+            direction,
+            filter,
+        } => {
+            let body = serde_json::json!({"source": source, "target": target, "continuous": continuous,
+                "direction": direction, "filter": filter});
+            let v = client
+                .call("POST", "/replicate", Some(body.to_string().into_bytes()))
+                .await?;
+            let text = format!(
+                "replication {} {}: {} read, {} written, {} failed{}",
+                v["id"].as_str().unwrap_or("?"),
+                v["state"].as_str().unwrap_or("?"),
+                v["docs_read"],
+                v["docs_written"],
+                v["doc_write_failures"],
+                v["error"]
+                    .as_str()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default()
+            );
+            output(json, &v, &text);
+            Ok(())
+        }
         Command::Schema => {
             print!("{}", cooper::graphql::sdl());
             Ok(())

@@ -9,7 +9,12 @@ use std::time::Instant;
 use actix::{Actor, Addr};
 use cooper_actors::barrel::store::StoreOptions;
 use cooper_actors::registry::{
-    BarrelMap, CreateBarrel, DeleteBarrel, ListBarrels, Registry, RegistryConfig, Shutdown,
+    BarrelMap, CreateBarrel, DeleteBarrel, ListBarrels, LoadTasks, Registry, RegistryConfig,
+    SaveTask, Shutdown,
+};
+use cooper_actors::replicator::{
+    task_id, Endpoint, GetState, HttpEndpoint, LocalEndpoint, ReplicationError, Replicator,
+    Resolver, Stop, TaskSpec, TaskState,
 };
 use cooper_actors::{BarrelError, BarrelHandle};
 use cooper_protocols::ids::BarrelName;
@@ -62,6 +67,9 @@ struct Inner {
     /// Flips to true when the node shuts down: long-lived requests (listeners, live feeds)
     /// end at once instead of holding the HTTP shutdown.
     stopping: tokio::sync::watch::Sender<bool>,
+    /// Replication tasks by id, on their own thread.
+    replications: std::sync::Mutex<std::collections::BTreeMap<String, Addr<Replicator>>>,
+    replication_thread: actix::Arbiter,
 }
 
 impl Node {
@@ -87,8 +95,26 @@ impl Node {
                 config: config.clone(),
                 http: OnceLock::new(),
                 stopping,
+                replications: Default::default(),
+                replication_thread: actix::Arbiter::new(),
             }),
         };
+        // Resume the replication tasks of the last run.
+        match node.inner.registry.send(LoadTasks).await? {
+            Ok(tasks) => {
+                for (id, spec) in tasks {
+                    match serde_json::from_value::<TaskSpec>(spec) {
+                        Ok(spec) => {
+                            node.spawn_replication(spec, None);
+                        }
+                        Err(e) => {
+                            tracing::warn!(task = id, error = %e, "skipping a replication task")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read replication tasks"),
+        }
         if let Some(addr) = config.http {
             let state = AppState {
                 node: node.clone(),
@@ -157,6 +183,151 @@ impl Node {
         Ok(self.inner.registry.send(DeleteBarrel(name)).await??)
     }
 
+    fn resolver(&self) -> Resolver {
+        let node = self.clone();
+        Arc::new(
+            move |endpoint: &str| -> Result<Box<dyn Endpoint>, ReplicationError> {
+                if endpoint.starts_with("http://") || endpoint.starts_with("https://") {
+                    return Ok(Box::new(HttpEndpoint::new(endpoint, None)?));
+                }
+                if endpoint.starts_with("p2p://") {
+                    return Err(ReplicationError::Barrel(BarrelError::BadRequest(
+                    "p2p:// endpoints need the libp2p network, which this node does not run yet".into(),
+                )));
+                }
+                let name = BarrelName::new(endpoint)
+                    .map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+                Ok(Box::new(LocalEndpoint::new(node.open_barrel(&name)?)))
+            },
+        )
+    }
+
+    fn spawn_replication(
+        &self,
+        spec: TaskSpec,
+        done: Option<tokio::sync::oneshot::Sender<TaskState>>,
+    ) -> String {
+        let id = task_id(&spec);
+        let resolve = self.resolver();
+        let addr =
+            Replicator::start_in_arbiter(&self.inner.replication_thread.handle(), move |_| {
+                Replicator::new(spec, resolve, done)
+            });
+        let old = self
+            .inner
+            .replications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), addr);
+        if let Some(old) = old {
+            old.do_send(Stop);
+        }
+        id
+    }
+
+    /// Checks a task's endpoints and filters before it starts.
+    fn check_spec(&self, spec: &TaskSpec) -> Result<(), NodeError> {
+        let resolve = self.resolver();
+        for e in [&spec.source, &spec.target] {
+            if let Err(err) = resolve(e) {
+                return Err(NodeError::Barrel(match err {
+                    ReplicationError::Barrel(b) => b,
+                    other => BarrelError::BadRequest(other.to_string()),
+                }));
+            }
+        }
+        for f in &spec.filter {
+            cooper_protocols::topic::TopicFilter::parse(f)
+                .map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+        }
+        if spec.source == spec.target {
+            return Err(BarrelError::BadRequest("source and target are the same".into()).into());
+        }
+        Ok(())
+    }
+
+    /// Runs a one-shot replication to its end and returns its final state.
+    pub async fn replicate(&self, spec: TaskSpec) -> Result<TaskState, NodeError> {
+        self.check_spec(&spec)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.spawn_replication(spec, Some(tx));
+        rx.await.map_err(|_| NodeError::Stopped)
+    }
+
+    /// Starts a replication task (continuous ones are saved and resumed at every start) and
+    /// returns its state at once.
+    pub async fn start_replication(&self, spec: TaskSpec) -> Result<TaskState, NodeError> {
+        self.check_spec(&spec)?;
+        if spec.continuous {
+            let value =
+                serde_json::to_value(&spec).map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+            self.inner
+                .registry
+                .send(SaveTask {
+                    id: task_id(&spec),
+                    spec: Some(value),
+                })
+                .await??;
+        }
+        let id = self.spawn_replication(spec, None);
+        self.replication(&id).await
+    }
+
+    /// The state of a task.
+    pub async fn replication(&self, id: &str) -> Result<TaskState, NodeError> {
+        let addr = self
+            .inner
+            .replications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        match addr {
+            Some(a) => Ok(a.send(GetState).await?),
+            None => Err(BarrelError::not_found("no such replication").into()),
+        }
+    }
+
+    /// Every task, one-shot ones that ended included.
+    pub async fn replications(&self) -> Vec<TaskState> {
+        let addrs: Vec<Addr<Replicator>> = self
+            .inner
+            .replications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::with_capacity(addrs.len());
+        for a in addrs {
+            if let Ok(s) = a.send(GetState).await {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    /// Stops a task and forgets it (its checkpoints stay, so starting it again resumes).
+    pub async fn stop_replication(&self, id: &str) -> Result<TaskState, NodeError> {
+        let addr = self
+            .inner
+            .replications
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        let Some(addr) = addr else {
+            return Err(BarrelError::not_found("no such replication").into());
+        };
+        self.inner
+            .registry
+            .send(SaveTask {
+                id: id.to_owned(),
+                spec: None,
+            })
+            .await??;
+        Ok(addr.send(Stop).await?)
+    }
+
     /// Stops the node: the HTTP API finishes the requests in flight, then every barrel commits
     /// its queued writes and closes its file.
     pub async fn shutdown(self) -> Result<(), NodeError> {
@@ -164,6 +335,19 @@ impl Node {
         if let Some(http) = self.inner.http.get() {
             http.stop().await;
         }
+        let tasks: Vec<Addr<Replicator>> = std::mem::take(
+            &mut *self
+                .inner
+                .replications
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        )
+        .into_values()
+        .collect();
+        for t in tasks {
+            let _ = t.send(Stop).await;
+        }
+        self.inner.replication_thread.stop();
         self.inner.registry.send(Shutdown).await?;
         tracing::info!("cooper node stopped");
         Ok(())

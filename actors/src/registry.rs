@@ -25,6 +25,8 @@ pub type BarrelMap = Arc<RwLock<BTreeMap<String, Result<BarrelHandle, BarrelErro
 
 /// `barrels`: name → [`CatalogEntry`] (CBOR).
 const CATALOG: TableDefinition<&str, &[u8]> = TableDefinition::new("barrels");
+/// `replications`: task id → the task's specification (JSON), resumed at start.
+const REPLICATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("replications");
 
 /// One barrel in the catalog.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -69,6 +71,21 @@ pub struct ListBarrels;
 #[rtype(result = "Result<(), BarrelError>")]
 pub struct DeleteBarrel(pub BarrelName);
 
+/// Saves (or with `None`, removes) a replication task's specification in `node.redb`.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), BarrelError>")]
+pub struct SaveTask {
+    /// The task id.
+    pub id: String,
+    /// Its specification as JSON, or `None` to forget it.
+    pub spec: Option<serde_json::Value>,
+}
+
+/// Every saved replication task: (id, specification).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Vec<(String, serde_json::Value)>, BarrelError>")]
+pub struct LoadTasks;
+
 /// Closes every barrel (queued writes commit first) and stops the barrel threads.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
@@ -99,6 +116,7 @@ impl Registry {
         let node_db = Database::create(config.data_dir.join("node.redb"))?;
         let txn = node_db.begin_write()?;
         txn.open_table(CATALOG)?;
+        txn.open_table(REPLICATIONS)?;
         txn.commit()?;
         let arbiters = (0..config.arbiters.max(1))
             .map(|_| Arbiter::new())
@@ -278,6 +296,49 @@ impl Handler<DeleteBarrel> for Registry {
                 _ => Ok(()),
             }
         })
+    }
+}
+
+impl Handler<SaveTask> for Registry {
+    type Result = Result<(), BarrelError>;
+
+    fn handle(&mut self, msg: SaveTask, _ctx: &mut Self::Context) -> Self::Result {
+        let txn = self.node_db()?.begin_write()?;
+        {
+            let mut table = txn.open_table(REPLICATIONS)?;
+            match &msg.spec {
+                Some(spec) => {
+                    let bytes = serde_json::to_vec(spec)
+                        .map_err(|e| BarrelError::BadRequest(e.to_string()))?;
+                    table.insert(msg.id.as_str(), bytes.as_slice())?;
+                }
+                None => {
+                    table.remove(msg.id.as_str())?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+impl Handler<LoadTasks> for Registry {
+    type Result = Result<Vec<(String, serde_json::Value)>, BarrelError>;
+
+    fn handle(&mut self, _: LoadTasks, _ctx: &mut Self::Context) -> Self::Result {
+        let txn = self.node_db()?.begin_read()?;
+        let table = txn.open_table(REPLICATIONS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (id, raw) = entry?;
+            match serde_json::from_slice(raw.value()) {
+                Ok(spec) => out.push((id.value().to_owned(), spec)),
+                Err(e) => {
+                    tracing::warn!(task = id.value(), error = %e, "skipping an unreadable replication task")
+                }
+            }
+        }
+        Ok(out)
     }
 }
 

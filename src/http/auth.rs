@@ -166,7 +166,7 @@ pub fn requirement(method: &Method, path: &str) -> Option<(Role, Option<String>)
     match segs.as_slice() {
         // GraphQL checks each field itself: a query needs reader, a mutation writer or admin.
         [""] | ["health"] | ["openapi.json"] | ["graphql", ..] => None,
-        ["metrics"] => Some((Role::Admin, None)),
+        ["metrics"] | ["replicate"] | ["replications", ..] => Some((Role::Admin, None)),
         ["barrels", b] => Some((
             if read { Role::Reader } else { Role::Admin },
             Some((*b).to_owned()),
