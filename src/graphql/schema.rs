@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use async_graphql::{
-    Context, Enum, Error, ErrorExtensions, InputObject, Json, Object, SimpleObject, Subscription,
+    Context, Enum, Error, ErrorExtensions, InputObject, Json, MaybeUndefined, Object, SimpleObject,
+    Subscription,
 };
 use cooper_actors::barrel::store::{Condition, DocRevision, GetOptions, Op, Query, WriteOp};
 use cooper_actors::listener::{Lagged, Since};
@@ -233,20 +234,20 @@ pub struct Where {
     /// A JSON Pointer; `*` matches any array element (`tags/*`).
     path: String,
     /// Equal to.
-    eq: Option<Json<Value>>,
+    eq: MaybeUndefined<Json<Value>>,
     /// Has the path and no value there equals this.
-    ne: Option<Json<Value>>,
+    ne: MaybeUndefined<Json<Value>>,
     /// Greater than (same type).
-    gt: Option<Json<Value>>,
+    gt: MaybeUndefined<Json<Value>>,
     /// Greater than or equal.
-    gte: Option<Json<Value>>,
+    gte: MaybeUndefined<Json<Value>>,
     /// Less than.
-    lt: Option<Json<Value>>,
+    lt: MaybeUndefined<Json<Value>>,
     /// Less than or equal.
-    lte: Option<Json<Value>>,
+    lte: MaybeUndefined<Json<Value>>,
     /// Equal to one of these.
     #[graphql(name = "in")]
-    in_: Option<Vec<Json<Value>>>,
+    in_: Option<Vec<Option<Json<Value>>>>,
     /// A string starting with this.
     prefix: Option<String>,
     /// Has (true) or lacks (false) the path.
@@ -257,30 +258,36 @@ impl Where {
     fn condition(self) -> async_graphql::Result<Condition> {
         let path = path::normalize(&self.path).map_err(gql)?;
         let mut ops = Vec::new();
-        let scalar = |v: Json<Value>| v.0;
-        if let Some(v) = self.eq {
-            ops.push(Op::Eq(scalar(v)));
-        }
-        if let Some(v) = self.ne {
-            ops.push(Op::Ne(scalar(v)));
-        }
-        if let Some(v) = self.gt {
-            ops.push(Op::Gt(scalar(v)));
-        }
-        if let Some(v) = self.gte {
-            ops.push(Op::Gte(scalar(v)));
-        }
-        if let Some(v) = self.lt {
-            ops.push(Op::Lt(scalar(v)));
-        }
-        if let Some(v) = self.lte {
-            ops.push(Op::Lte(scalar(v)));
+        // An explicit null is a value (`eq: null` matches nulls); a missing operator is not.
+        let value = |v: MaybeUndefined<Json<Value>>| -> Option<Value> {
+            match v {
+                MaybeUndefined::Undefined => None,
+                MaybeUndefined::Null => Some(Value::Null),
+                MaybeUndefined::Value(j) => Some(j.0),
+            }
+        };
+        let pairs: [(fn(Value) -> Op, MaybeUndefined<Json<Value>>); 6] = [
+            (Op::Eq, self.eq),
+            (Op::Ne, self.ne),
+            (Op::Gt, self.gt),
+            (Op::Gte, self.gte),
+            (Op::Lt, self.lt),
+            (Op::Lte, self.lte),
+        ];
+        for (make, v) in pairs {
+            if let Some(v) = value(v) {
+                ops.push(make(v));
+            }
         }
         if let Some(vs) = self.in_ {
             if vs.len() > 1024 {
                 return Err(gql(ApiError::bad_request("in takes at most 1024 values")));
             }
-            ops.push(Op::In(vs.into_iter().map(scalar).collect()));
+            ops.push(Op::In(
+                vs.into_iter()
+                    .map(|v| v.map_or(Value::Null, |j| j.0))
+                    .collect(),
+            ));
         }
         if let Some(p) = self.prefix {
             ops.push(Op::Prefix(p));
@@ -339,6 +346,9 @@ impl BarrelObject {
 
     /// Documents matching every condition of `where`, ordered by `orderBy`, a page of
     /// `first` after the cursor `after` (Relay-style).
+    #[graphql(
+        complexity = "10 + child_complexity * (first.unwrap_or(DEFAULT_FIRST).clamp(1, MAX_FIRST) as usize / 100 + 1)"
+    )]
     async fn docs(
         &self,
         #[graphql(name = "where")] conditions: Option<Vec<Where>>,
@@ -380,6 +390,9 @@ impl BarrelObject {
     }
 
     /// The changes feed after `since`: each document once, at its latest seq.
+    #[graphql(
+        complexity = "10 + child_complexity * (first.unwrap_or(DEFAULT_FIRST).clamp(1, MAX_FIRST) as usize / 100 + 1)"
+    )]
     async fn changes(
         &self,
         since: Option<String>,
@@ -487,9 +500,13 @@ impl Document {
             .collect()
     }
 
-    /// The whole document, with `_id` and `_rev`.
+    /// The whole document, with `_id` and `_rev` (conflicts are in `conflicts`).
     async fn body(&self) -> Json<Value> {
-        Json(self.doc.to_json())
+        let mut v = self.doc.to_json();
+        if let Some(m) = v.as_object_mut() {
+            m.remove("_conflicts");
+        }
+        Json(v)
     }
 
     /// The value at one JSON Pointer of the document (`address/city`), or null.
@@ -575,6 +592,7 @@ impl DocumentConnection {
     }
 
     /// How many documents match, over all pages (reads every match).
+    #[graphql(complexity = 20)]
     async fn total_count(&self) -> async_graphql::Result<u64> {
         let handle = self.handle.clone();
         let q = self.query.clone();
