@@ -458,8 +458,8 @@ impl ChangeStream {
         Ok(())
     }
 
-    /// A feed row as a stream item, if the filters match the current winner's topics (the
-    /// feed keeps no older winner, so a replayed deletion shows only `_id/<id>`).
+    /// A feed row as a stream item, if the filters match the topics of the current winner or
+    /// of the winners the document had before (which the feed keeps with the row).
     fn replayed(&self, row: &ChangeRow) -> Result<Option<StreamItem>, BarrelError> {
         let doc = if row.deleted {
             None
@@ -476,14 +476,11 @@ impl ChangeStream {
                 Err(e) => return Err(e),
             }
         };
-        let topics = change_topics(&row.id, None, doc.as_ref().map(|d| &d.body));
-        let matched: Vec<String> = topics
-            .into_iter()
-            .filter(|t| self.trie.matches(t))
-            .collect();
-        if matched.is_empty() {
+        let Some(matched) =
+            row.matching_topics(doc.as_ref().map(|d| &d.body), |t| self.trie.matches(t))
+        else {
             return Ok(None);
-        }
+        };
         let rev = row.rev.to_string();
         let doc_json = self.include_docs.then(|| {
             Arc::from(

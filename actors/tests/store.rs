@@ -629,20 +629,9 @@ fn data_survives_reopening() {
     assert_eq!(ids(&s, &[("city", Op::Eq(json!("Nice")))], None), ["p4"]);
 }
 
-/// The fixture is a schema-1 barrel (written before the path index existed) holding the
-/// documents of `people`; `cargo test -- --ignored write_schema_1_fixture` rewrites it.
+/// A barrel written by schema-1 code (before the path index existed) holding the documents
+/// of `people`.
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/schema-1.redb");
-
-#[test]
-#[ignore = "writes the fixture"]
-fn write_schema_1_fixture() {
-    let _ = std::fs::remove_file(FIXTURE);
-    {
-        let s = Store::open(Path::new(FIXTURE), StoreOptions::default()).unwrap();
-        people(&s);
-    }
-    store::downgrade_to_schema_1(Path::new(FIXTURE)).unwrap();
-}
 
 #[test]
 fn a_schema_1_barrel_migrates_forward() {
@@ -680,4 +669,26 @@ fn a_future_schema_is_a_clear_error() {
         }
     );
     assert!(err.to_string().contains("upgrade cooper"));
+}
+
+#[test]
+fn the_feed_remembers_the_topics_a_document_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let r = edit(&s, json!({"_id": "t", "status": "open"})).unwrap();
+    let r = edit(&s, json!({"_id": "t", "_rev": r.rev, "status": "closed"})).unwrap();
+    edit(&s, json!({"_id": "t", "_rev": r.rev, "status": "archived"})).unwrap();
+    let row = &s.changes(0, 10).unwrap()[0];
+    let earlier = row.earlier_topics.clone().unwrap();
+    assert!(
+        earlier.contains(&"status/open".to_owned())
+            && earlier.contains(&"status/closed".to_owned()),
+        "{earlier:?}"
+    );
+    let open = |t: &str| t == "status/open";
+    assert_eq!(
+        row.matching_topics(None, open),
+        Some(vec!["status/open".to_owned()])
+    );
+    assert_eq!(row.matching_topics(None, |t| t == "status/none"), None);
 }

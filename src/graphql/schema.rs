@@ -254,6 +254,9 @@ pub struct Where {
     exists: Option<bool>,
 }
 
+/// Builds an operator from its operand.
+type OpMaker = fn(Value) -> Op;
+
 impl Where {
     fn condition(self) -> async_graphql::Result<Condition> {
         let path = path::normalize(&self.path).map_err(gql)?;
@@ -266,7 +269,7 @@ impl Where {
                 MaybeUndefined::Value(j) => Some(j.0),
             }
         };
-        let pairs: [(fn(Value) -> Op, MaybeUndefined<Json<Value>>); 6] = [
+        let pairs: [(OpMaker, MaybeUndefined<Json<Value>>); 6] = [
             (Op::Eq, self.eq),
             (Op::Ne, self.ne),
             (Op::Gt, self.gt),
@@ -432,15 +435,11 @@ impl BarrelObject {
                         )
                         .ok()
                 };
-                let topics = cooper_protocols::topic::change_topics(
-                    &row.id,
-                    None,
-                    body.as_ref().map(|d| &d.body),
-                );
-                let matched: Vec<String> = topics.into_iter().filter(|t| trie.matches(t)).collect();
-                if matched.is_empty() {
+                let Some(matched) =
+                    row.matching_topics(body.as_ref().map(|d| &d.body), |t| trie.matches(t))
+                else {
                     continue;
-                }
+                };
                 last = row.seq;
                 results.push(Change {
                     kind: ChangeKind::Change,

@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use cooper_actors::barrel::store::{ChangeRow, GetOptions};
 use cooper_actors::listener::{ChangeStream, Lagged, Since, StreamItem};
 use cooper_actors::BarrelHandle;
-use cooper_protocols::topic::{change_topics, TopicFilter, TopicTrie};
+use cooper_protocols::topic::{TopicFilter, TopicTrie};
 use futures_util::stream;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
@@ -191,12 +191,12 @@ fn render(
     } else {
         None
     };
-    if !r.filters.is_empty() {
-        let trie = &r.trie;
-        let topics = change_topics(&row.id, None, doc.as_ref().map(|d| &d.body));
-        if !topics.iter().any(|t| trie.matches(t)) {
-            return Ok(None);
-        }
+    if !r.filters.is_empty()
+        && row
+            .matching_topics(doc.as_ref().map(|d| &d.body), |t| r.trie.matches(t))
+            .is_none()
+    {
+        return Ok(None);
     }
     let changes: Vec<Value> = if r.all_docs {
         row.leaves

@@ -36,8 +36,10 @@ const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 /// `bodies`: id bytes ‖ 24-byte revision → stored revision (format byte, flags, attachments,
 /// canonical CBOR body). Only leaves keep bodies.
 const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
-/// `changes`: seq → id; each document appears once, at its latest seq.
-const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
+/// `feed`: seq → [`FeedEntry`] (CBOR); each document appears once, at its latest seq.
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
+/// Schema 3's `changes`: seq → id (replaced by `feed`).
+const CHANGES_V3: TableDefinition<u64, &str> = TableDefinition::new("changes");
 /// `paths`: path index key (see `cooper_protocols::path`) → ().
 const PATHS: TableDefinition<&[u8], ()> = TableDefinition::new("paths");
 /// `attachments`: SHA-256 of the content → content.
@@ -51,8 +53,23 @@ const DOC_COUNT_KEY: &str = "doc_count";
 const DELETED_COUNT_KEY: &str = "deleted_count";
 
 /// The schema this code writes. Version 1 had no path index; 2 added it; 3 indexes empty
-/// arrays and objects too.
-pub const SCHEMA_VERSION: u64 = 3;
+/// arrays and objects too; 4 keeps, in the changes feed, the topics a document had before its
+/// latest change.
+pub const SCHEMA_VERSION: u64 = 4;
+
+/// Most earlier topics a feed entry keeps; past that it matches every filter.
+const MAX_EARLIER_TOPICS: usize = 256;
+
+/// One entry of the changes feed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FeedEntry {
+    v: u8,
+    id: String,
+    /// Topics of the live winners the document had before this change, since its previous
+    /// entry (accumulated over the entries this one replaced); `None` when there were too
+    /// many to keep, which makes the entry match every filter.
+    earlier: Option<Vec<String>>,
+}
 
 /// Format byte of stored values written by this code.
 const FORMAT: u8 = 1;
@@ -350,6 +367,36 @@ pub struct ChangeRow {
     pub deleted: bool,
     /// Every leaf, winner first (for `style=all_docs`).
     pub leaves: Vec<Rev>,
+    /// Topics of the live winners the document had before this change (since its previous
+    /// entry in the feed), so a filtered reader that replays the feed learns that a document
+    /// left the set it watches; `None` when there were too many to keep: then the row
+    /// matches every filter.
+    pub earlier_topics: Option<Vec<String>>,
+}
+
+impl ChangeRow {
+    /// The topics of this row that `matches` accepts — those of the current winner `body`
+    /// and the earlier ones; `None` when the row does not concern the filter.
+    pub fn matching_topics(
+        &self,
+        body: Option<&Map<String, Value>>,
+        matches: impl Fn(&str) -> bool,
+    ) -> Option<Vec<String>> {
+        let mut topics = cooper_protocols::topic::topics(&self.id, body.unwrap_or(&Map::new()));
+        if let Some(earlier) = &self.earlier_topics {
+            for t in earlier {
+                if !topics.contains(t) {
+                    topics.push(t.clone());
+                }
+            }
+        }
+        let matched: Vec<String> = topics.into_iter().filter(|t| matches(t)).collect();
+        if matched.is_empty() && self.earlier_topics.is_some() {
+            None
+        } else {
+            Some(matched)
+        }
+    }
 }
 
 /// Counts of a barrel.
@@ -501,7 +548,7 @@ impl Store {
         // Creating every table up front lets readers open them without checking.
         txn.open_table(DOCS)?;
         txn.open_table(BODIES)?;
-        txn.open_table(CHANGES)?;
+        txn.open_table(FEED)?;
         txn.open_table(PATHS)?;
         txn.open_table(ATTACHMENTS)?;
         txn.open_table(LOCAL)?;
@@ -694,15 +741,16 @@ impl Store {
     /// latest seq.
     pub fn changes(&self, since: u64, limit: usize) -> Result<Vec<ChangeRow>, BarrelError> {
         let txn = self.read()?;
-        let changes = txn.open_table(CHANGES)?;
+        let changes = txn.open_table(FEED)?;
         let docs = txn.open_table(DOCS)?;
         let mut out = Vec::new();
         for entry in changes.range((Bound::Excluded(since), Bound::Unbounded))? {
             if out.len() >= limit {
                 break;
             }
-            let (seq, id) = entry?;
-            let (seq, id) = (seq.value(), id.value().to_owned());
+            let (seq, raw) = entry?;
+            let FeedEntry { id, earlier, .. } = decode_feed(raw.value())?;
+            let seq = seq.value();
             let info = load_info(&docs, &id)?
                 .ok_or_else(|| BarrelError::corrupt("change of a missing document"))?;
             let leaves = info.tree.leaves();
@@ -715,6 +763,7 @@ impl Store {
                 deleted: winner.deleted,
                 leaves: leaves.iter().map(|l| l.rev).collect(),
                 id,
+                earlier_topics: earlier,
             });
         }
         Ok(out)
@@ -1036,7 +1085,41 @@ fn lo_hi_empty(lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> bool {
 
 type Migration = fn(&WriteTransaction) -> Result<(), BarrelError>;
 
-const MIGRATIONS: &[Migration] = &[rebuild_path_index, rebuild_path_index];
+const MIGRATIONS: &[Migration] = &[
+    rebuild_path_index,
+    rebuild_path_index,
+    feed_with_earlier_topics,
+];
+
+/// Schema 3 kept seq → id; schema 4 keeps the earlier topics with each entry (none known for
+/// the entries written before).
+fn feed_with_earlier_topics(txn: &WriteTransaction) -> Result<(), BarrelError> {
+    {
+        let old = txn.open_table(CHANGES_V3)?;
+        let mut feed = txn.open_table(FEED)?;
+        for entry in old.iter()? {
+            let (seq, id) = entry?;
+            let e = FeedEntry {
+                v: FORMAT,
+                id: id.value().to_owned(),
+                earlier: Some(Vec::new()),
+            };
+            feed.insert(seq.value(), encode_feed(&e).as_slice())?;
+        }
+    }
+    txn.delete_table(CHANGES_V3)?;
+    Ok(())
+}
+
+fn encode_feed(e: &FeedEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + e.id.len());
+    ciborium::into_writer(e, &mut out).expect("cbor into a vec");
+    out
+}
+
+fn decode_feed(raw: &[u8]) -> Result<FeedEntry, BarrelError> {
+    ciborium::from_reader(raw).map_err(|e| BarrelError::corrupt(format!("feed entry: {e}")))
+}
 
 /// Schema 1 had no path index, schema 2 one without empty containers: (re)build it from the
 /// winner of every live document.
@@ -1056,18 +1139,6 @@ fn rebuild_path_index(txn: &WriteTransaction) -> Result<(), BarrelError> {
             }
         }
     }
-    Ok(())
-}
-
-/// Writes a schema-1 store: a schema-2 store without the path index. Only for the migration
-/// fixture and its test.
-#[doc(hidden)]
-pub fn downgrade_to_schema_1(path: &Path) -> Result<(), BarrelError> {
-    let db = Database::create(path)?;
-    let txn = db.begin_write()?;
-    txn.delete_table(PATHS)?;
-    txn.open_table(META)?.insert(SCHEMA_VERSION_KEY, 1)?;
-    txn.commit()?;
     Ok(())
 }
 
@@ -1195,7 +1266,7 @@ struct Writer<'t> {
     meta: Table<'t, &'static str, u64>,
     docs: Table<'t, &'static str, &'static [u8]>,
     bodies: Table<'t, &'static [u8], &'static [u8]>,
-    changes_table: Table<'t, u64, &'static str>,
+    changes_table: Table<'t, u64, &'static [u8]>,
     paths: Table<'t, &'static [u8], ()>,
     attachments: Table<'t, &'static [u8], &'static [u8]>,
     local: Table<'t, &'static str, &'static [u8]>,
@@ -1224,7 +1295,7 @@ impl<'t> Writer<'t> {
         Ok(Self {
             docs: txn.open_table(DOCS)?,
             bodies: txn.open_table(BODIES)?,
-            changes_table: txn.open_table(CHANGES)?,
+            changes_table: txn.open_table(FEED)?,
             paths: txn.open_table(PATHS)?,
             attachments: txn.open_table(ATTACHMENTS)?,
             local: txn.open_table(LOCAL)?,
@@ -1649,10 +1720,31 @@ impl<'t> Writer<'t> {
         }
 
         self.seq += 1;
+        // The topics this document had before: those of the entry this one replaces, plus
+        // those of the winner this change replaced (when it was live and changed).
+        let mut earlier = Some(Vec::new());
         if let Some(s) = old_seq {
-            self.changes_table.remove(s)?;
+            if let Some(raw) = self.changes_table.remove(s)? {
+                earlier = decode_feed(raw.value())?.earlier;
+            }
         }
-        self.changes_table.insert(self.seq, id)?;
+        if let (Some(list), Some((Some(old), _))) = (earlier.as_mut(), new_body.as_ref()) {
+            for t in cooper_protocols::topic::topics(id, old).into_iter().skip(1) {
+                if !list.contains(&t) {
+                    list.push(t);
+                }
+            }
+            if list.len() > MAX_EARLIER_TOPICS {
+                earlier = None;
+            }
+        }
+        let entry = FeedEntry {
+            v: FORMAT,
+            id: id.to_owned(),
+            earlier,
+        };
+        self.changes_table
+            .insert(self.seq, encode_feed(&entry).as_slice())?;
         let info = DocInfo {
             v: FORMAT,
             tree,
