@@ -40,6 +40,8 @@ pub const BATCH: usize = 500;
 const FETCH: usize = 100;
 /// Longest wait of a longpoll on a remote source before asking again.
 const LONGPOLL: Duration = Duration::from_secs(55);
+/// Most bytes of documents one `_bulk_docs` request carries (a larger document goes alone).
+const WRITE_BUDGET: usize = 4 << 20;
 /// Sessions kept in a checkpoint's history.
 const HISTORY: usize = 50;
 
@@ -61,6 +63,14 @@ pub enum ReplicationError {
         /// Which endpoint.
         endpoint: String,
         /// What was wrong.
+        reason: String,
+    },
+    /// The peer refused a request as too large (413).
+    #[error("{endpoint}: request too large: {reason}")]
+    TooLarge {
+        /// Which endpoint.
+        endpoint: String,
+        /// What it said.
         reason: String,
     },
     /// A local barrel failed.
@@ -361,6 +371,15 @@ impl HttpEndpoint {
         let (status, v) = self.call(method, path, body).await?;
         if (200..300).contains(&status) {
             Ok(v)
+        } else if status == 413 {
+            Err(ReplicationError::TooLarge {
+                endpoint: self.base.clone(),
+                reason: v
+                    .get("reason")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+            })
         } else {
             Err(ReplicationError::BadAnswer {
                 endpoint: self.base.clone(),
@@ -686,6 +705,18 @@ pub struct TaskState {
 /// The id of a task: a hash of what it replicates, so the same task gets the same id (and
 /// the same checkpoints) on every start.
 pub fn task_id(spec: &TaskSpec) -> String {
+    let base = checkpoint_base(spec);
+    if spec.continuous {
+        // CouchDB's `+continuous`: a one-shot run and a continuous task between the same
+        // endpoints are different tasks that share their checkpoints.
+        format!("{base}+continuous")
+    } else {
+        base
+    }
+}
+
+/// What the checkpoints of a task are named after: source, target, direction and filter.
+pub fn checkpoint_base(spec: &TaskSpec) -> String {
     let mut h = Sha256::new();
     h.update(spec.source.as_bytes());
     h.update([0]);
@@ -710,7 +741,8 @@ pub async fn replicate_once(
     state: &Mutex<TaskState>,
     continuous: bool,
 ) -> Res<()> {
-    let checkpoint_id = format!("_local/cooper-{id}-{direction}");
+    let base = id.trim_end_matches("+continuous");
+    let checkpoint_id = format!("_local/cooper-{base}-{direction}");
     let session = crate::barrel::store::new_doc_id()?;
     let source_cp = source.get_local(&checkpoint_id).await?;
     let target_cp = target.get_local(&checkpoint_id).await?;
@@ -745,13 +777,26 @@ pub async fn replicate_once(
         for chunk in wanted.chunks(FETCH) {
             let docs = source.bulk_get(chunk.to_vec()).await?;
             let docs: Vec<Value> = docs.into_iter().filter(|d| passes(filters, d)).collect();
-            if docs.is_empty() {
-                continue;
+            // Requests stay under a byte budget (attachments travel inline), so a target's
+            // request limit does not refuse a batch of documents it accepts one by one.
+            // A target with a smaller request limit answers 413: halve the group and retry.
+            let mut pending = by_size(docs, WRITE_BUDGET);
+            while let Some(group) = pending.pop() {
+                let n = group.len() as u64;
+                match target.bulk_docs(group.clone()).await {
+                    Ok(f) => {
+                        written += n - f as u64;
+                        failed += f as u64;
+                    }
+                    Err(ReplicationError::TooLarge { .. }) if group.len() > 1 => {
+                        let mut first = group;
+                        let second = first.split_off(first.len() / 2);
+                        pending.push(second);
+                        pending.push(first);
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            let n = docs.len() as u64;
-            let f = target.bulk_docs(docs).await? as u64;
-            written += n - f;
-            failed += f;
         }
         since = batch.last_seq.clone();
         // The target committed (its bulk_docs answered): record the checkpoint on both sides.
@@ -773,6 +818,26 @@ pub async fn replicate_once(
         metrics::counter!("cooper_replication_docs_read_total", "task" => id.to_owned())
             .increment(read);
     }
+}
+
+/// Splits documents into groups of at most `budget` bytes of JSON (a larger one alone).
+fn by_size(docs: Vec<Value>, budget: usize) -> Vec<Vec<Value>> {
+    let mut groups = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for d in docs {
+        let n = serde_json::to_vec(&d).map_or(0, |v| v.len());
+        if !current.is_empty() && size + n > budget {
+            groups.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += n;
+        current.push(d);
+    }
+    if !current.is_empty() {
+        groups.push(current);
+    }
+    groups
 }
 
 /// Where to start: the newest session both checkpoints know (CouchDB's rule), else 0.
@@ -895,7 +960,6 @@ async fn run_task(id: String, spec: TaskSpec, resolve: Resolver, state: Arc<Mute
             }
         }
     }
-    let mut backoff = Duration::from_millis(500);
     loop {
         let result = async {
             let a = resolve(&spec.source)?;
@@ -957,14 +1021,17 @@ async fn run_task(id: String, spec: TaskSpec, resolve: Resolver, state: Arc<Mute
         if finished {
             return;
         }
-        // Exponential backoff with jitter, up to a minute.
+        // Exponential backoff with jitter, up to a minute; a batch that succeeds resets the
+        // retry count, and with it the backoff.
+        let retries = state.lock().unwrap_or_else(|e| e.into_inner()).retries;
+        let backoff = (Duration::from_millis(500) * 2u32.pow(retries.saturating_sub(1).min(7)))
+            .min(Duration::from_secs(60));
         let jitter = {
             let mut b = [0u8; 2];
             let _ = getrandom::fill(&mut b);
             u16::from_le_bytes(b) as u64 % (backoff.as_millis() as u64 / 2 + 1)
         };
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-        backoff = (backoff * 2).min(Duration::from_secs(60));
     }
 }
 

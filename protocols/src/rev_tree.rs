@@ -39,7 +39,7 @@ fn winner_key(leaf: &Leaf) -> (bool, Rev) {
 }
 
 /// The revision tree of one document.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RevTree {
     nodes: BTreeMap<Rev, RevNode>,
 }
@@ -54,15 +54,15 @@ impl RevTree {
     /// the last element a root or the oldest ancestor known. `leaf_deleted` is the deleted flag
     /// of `path[0]`. Returns true when the tree changed.
     pub fn merge_path(&mut self, path: &[Rev], leaf_deleted: bool) -> bool {
-        let mut changed = false;
+        let before = self.clone();
         for (i, rev) in path.iter().enumerate() {
             let node = RevNode {
                 parent: path.get(i + 1).copied(),
                 deleted: i == 0 && leaf_deleted,
             };
-            changed |= self.join_node(*rev, node);
+            self.join_node(*rev, node);
         }
-        changed
+        *self != before
     }
 
     /// Joins one node into the tree: a known parent beats an unknown one, two different
@@ -114,11 +114,11 @@ impl RevTree {
 
     /// Merges every node of `other` into `self`. Returns true when the tree changed.
     pub fn merge(&mut self, other: &RevTree) -> bool {
-        let mut changed = false;
+        let before = self.clone();
         for (rev, node) in &other.nodes {
-            changed |= self.join_node(*rev, *node);
+            self.join_node(*rev, *node);
         }
-        changed
+        *self != before
     }
 
     /// Keeps at most `limit` generations on every branch, counted from each leaf; never removes
@@ -237,19 +237,40 @@ impl RevTree {
         self.nodes.is_empty()
     }
 
-    /// Every node, in revision order.
-    pub fn iter(&self) -> impl Iterator<Item = (&Rev, &RevNode)> {
-        self.nodes.iter()
+    /// Every node, in revision order. The deleted flag is reported for leaves only: a history
+    /// that arrives as `_revisions` cannot say which ancestors were deletions, so an inner
+    /// node's flag depends on the order revisions arrived in and means nothing.
+    pub fn iter(&self) -> impl Iterator<Item = (Rev, RevNode)> + '_ {
+        let parents = self.parents();
+        self.nodes.iter().map(move |(rev, node)| {
+            (
+                *rev,
+                RevNode {
+                    parent: node.parent,
+                    deleted: node.deleted && !parents.contains(rev),
+                },
+            )
+        })
     }
 }
+
+/// Trees are equal when they hold the same revisions with the same parents and the same
+/// tombstones among their leaves (inner nodes' deleted flags do not count, see
+/// [`RevTree::iter`]).
+impl PartialEq for RevTree {
+    fn eq(&self, other: &Self) -> bool {
+        self.nodes.len() == other.nodes.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for RevTree {}
 
 // Serialized as a sequence of `(rev, parent, deleted)` triples: compact in CBOR, and a map
 // keyed by a non-string would be awkward for other decoders.
 impl Serialize for RevTree {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(
-            self.nodes
-                .iter()
+            self.iter()
                 .map(|(rev, node)| (rev, node.parent, node.deleted)),
         )
     }
@@ -350,7 +371,7 @@ mod tests {
             vec![r(4, 4), r(3, 3), r(2, 2), r(1, 1)]
         );
         assert_eq!(
-            t.iter().map(|(rev, _)| *rev).collect::<Vec<_>>(),
+            t.iter().map(|(rev, _)| rev).collect::<Vec<_>>(),
             vec![r(1, 1), r(2, 2), r(3, 3), r(4, 4)]
         );
     }
@@ -584,9 +605,9 @@ mod tests {
         let leaves = t.leaves();
         let parents: HashSet<Rev> = t.iter().filter_map(|(_, n)| n.parent).collect();
         for (rev, node) in t.iter() {
-            let is_leaf = !parents.contains(rev);
-            prop_assert_eq!(t.is_leaf(rev), is_leaf);
-            prop_assert_eq!(leaves.contains(&leaf(*rev, node.deleted)), is_leaf);
+            let is_leaf = !parents.contains(&rev);
+            prop_assert_eq!(t.is_leaf(&rev), is_leaf);
+            prop_assert_eq!(leaves.contains(&leaf(rev, node.deleted)), is_leaf);
         }
         for w in leaves.windows(2) {
             prop_assert!(winner_key(&w[0]) > winner_key(&w[1]));
@@ -673,8 +694,8 @@ mod tests {
         #[test]
         fn history_follows_parents(t in arb_tree()) {
             for (rev, _) in t.iter() {
-                let h = t.history(rev);
-                prop_assert_eq!(h.first(), Some(rev));
+                let h = t.history(&rev);
+                prop_assert_eq!(h.first(), Some(&rev));
                 for w in h.windows(2) {
                     prop_assert_eq!(t.get(&w[0]).unwrap().parent, Some(w[1]));
                 }

@@ -293,7 +293,13 @@ fn parse_bulk_doc(
     max_depth: usize,
 ) -> Result<WriteOp, (Option<String>, ApiError)> {
     let text = raw.get();
-    if text.len() > max_bytes {
+    // Inline attachment data (base64) is limited by the request size, not the document's.
+    let attachment_bytes = if text.len() > max_bytes {
+        inline_attachment_bytes(text)
+    } else {
+        0
+    };
+    if text.len() - attachment_bytes > max_bytes {
         return Err((
             None,
             ApiError::too_large(format!(
@@ -320,6 +326,21 @@ fn parse_bulk_doc(
     } else {
         WriteOp::Replicate(doc)
     })
+}
+
+/// Bytes of inline attachment `data` in a document's JSON.
+fn inline_attachment_bytes(text: &str) -> usize {
+    let Ok(v) = serde_json::from_str::<Value>(text) else {
+        return 0;
+    };
+    v.get("_attachments")
+        .and_then(Value::as_object)
+        .map_or(0, |atts| {
+            atts.values()
+                .filter_map(|a| a.get("data").and_then(Value::as_str))
+                .map(str::len)
+                .sum()
+        })
 }
 
 fn check_attachment_name(name: &str) -> Result<(), ApiError> {
