@@ -462,12 +462,13 @@ async fn every_query_field_answers() {
         let d = ok(&http, cq, json!({ "s": s })).await;
         assert_eq!(d["barrel"]["changes"]["results"], json!([]), "since {s}");
     }
-    // A topic filter keeps the matching changes and reports the matched topics only.
+    // A topic filter keeps the matching changes and reports the matched topics only: those
+    // of the winner and of the winner it replaced (the feed keeps them).
     let d = ok(&http, cq, json!({"filter": ["side/+"]})).await;
     let rows = d["barrel"]["changes"]["results"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{d}");
     assert_eq!(rows[0]["docId"], "cat");
-    assert_eq!(rows[0]["topics"], json!(["side/b"]));
+    assert_eq!(rows[0]["topics"], json!(["side/b", "side/a"]));
     let d = ok(&http, cq, json!({"filter": ["_id/bob", "name/#"]})).await;
     let ids: Vec<&Value> = d["barrel"]["changes"]["results"]
         .as_array()
