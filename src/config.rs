@@ -66,6 +66,10 @@ pub struct Limits {
     pub max_page: usize,
     /// Longest a longpoll or eventsource feed stays open without a change, in milliseconds.
     pub max_feed_timeout_ms: u64,
+    /// Listener subscriptions one websocket connection may hold.
+    pub max_subscriptions: usize,
+    /// Changes a listener subscription queues before it lags.
+    pub subscriber_queue: usize,
 }
 
 impl Default for Limits {
@@ -76,6 +80,8 @@ impl Default for Limits {
             max_depth: cooper_protocols::document::MAX_DEPTH,
             max_page: 10_000,
             max_feed_timeout_ms: 3_600_000,
+            max_subscriptions: 64,
+            subscriber_queue: 1024,
         }
     }
 }

@@ -83,6 +83,7 @@ impl Node {
                 revs_limit: config.revs_limit,
             },
             arbiters: config.barrel_threads,
+            subscriber_queue: config.limits.subscriber_queue,
         })?;
         let barrels = registry.barrel_map();
         let registry = registry.start();

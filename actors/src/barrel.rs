@@ -117,6 +117,7 @@ impl Barrel {
             store,
             events,
             hub,
+            subscriber_queue: crate::listener::SUBSCRIBER_QUEUE,
         }
     }
 
@@ -286,6 +287,7 @@ pub struct BarrelHandle {
     store: Arc<Store>,
     events: broadcast::Sender<Arc<DocumentChanged>>,
     hub: Addr<ListenerHub>,
+    subscriber_queue: usize,
 }
 
 impl BarrelHandle {
@@ -297,6 +299,17 @@ impl BarrelHandle {
     /// The barrel actor's address.
     pub fn addr(&self) -> &Addr<Barrel> {
         &self.addr
+    }
+
+    /// The same handle, whose subscriptions queue `n` changes before they lag.
+    pub fn with_subscriber_queue(mut self, n: usize) -> Self {
+        self.subscriber_queue = n.max(1);
+        self
+    }
+
+    /// Changes a subscription queues before it lags.
+    pub fn subscriber_queue(&self) -> usize {
+        self.subscriber_queue
     }
 
     /// The barrel's listener hub.

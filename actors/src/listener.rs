@@ -23,7 +23,7 @@ use crate::barrel::store::{ChangeRow, DocumentChanged, GetOptions};
 use crate::barrel::BarrelHandle;
 use crate::error::BarrelError;
 
-/// Changes queued per subscription before it lags (DESIGN §7).
+/// Changes queued per subscription before it lags, unless configured otherwise (DESIGN §7).
 pub const SUBSCRIBER_QUEUE: usize = 1024;
 /// Rows read from the changes feed per step of a replay.
 const REPLAY_STEP: usize = 256;
@@ -366,7 +366,7 @@ impl ChangeStream {
         for f in &filters {
             trie.insert(f, ());
         }
-        let (tx, rx) = mpsc::channel(SUBSCRIBER_QUEUE);
+        let (tx, rx) = mpsc::channel(barrel.subscriber_queue());
         let id = next_subscription_id();
         barrel
             .hub()

@@ -45,6 +45,8 @@ pub struct RegistryConfig {
     pub store: StoreOptions,
     /// Threads that run barrel actors (at least 1).
     pub arbiters: usize,
+    /// Changes a listener subscription queues before it lags.
+    pub subscriber_queue: usize,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -185,7 +187,8 @@ impl Registry {
         let store = Arc::new(Store::open(&file, self.config.store.clone())?);
         let arbiter = &self.arbiters[self.next % self.arbiters.len()];
         self.next += 1;
-        Ok(Barrel::start(name.clone(), store, Some(&arbiter.handle())))
+        Ok(Barrel::start(name.clone(), store, Some(&arbiter.handle()))
+            .with_subscriber_queue(self.config.subscriber_queue))
     }
 
     fn create(&mut self, name: &BarrelName) -> Result<BarrelHandle, BarrelError> {

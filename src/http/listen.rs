@@ -25,8 +25,8 @@ use tokio::sync::oneshot;
 use super::docs::flag;
 use super::{ApiError, AppState};
 
-/// Subscriptions one connection may hold (DESIGN §7).
-pub const MAX_SUBSCRIPTIONS: usize = 64;
+/// Filters one subscription may list.
+pub const MAX_FILTERS: usize = 64;
 /// Largest frame a client may send.
 pub const MAX_FRAME: usize = 64 * 1024;
 /// Keepalive: a ping this often; a client silent for three of them is gone.
@@ -64,10 +64,8 @@ fn parse_filters(list: &[Value]) -> Result<Vec<TopicFilter>, String> {
     if list.is_empty() {
         return Err("filters must hold at least one topic filter".into());
     }
-    if list.len() > MAX_SUBSCRIPTIONS {
-        return Err(format!(
-            "at most {MAX_SUBSCRIPTIONS} filters per subscription"
-        ));
+    if list.len() > MAX_FILTERS {
+        return Err(format!("at most {MAX_FILTERS} filters per subscription"));
     }
     list.iter()
         .map(|f| {
@@ -160,7 +158,8 @@ pub async fn listen(
         .aggregate_continuations()
         .max_continuation_size(MAX_FRAME);
     let stopping = state.node.stopping();
-    actix_rt::spawn(Connection::new(barrel, session).run(messages, initial, stopping));
+    let max = state.config.limits.max_subscriptions;
+    actix_rt::spawn(Connection::new(barrel, session, max).run(messages, initial, stopping));
     Ok(res)
 }
 
@@ -173,15 +172,17 @@ struct Connection {
     streams: SelectAll<BoxStream<'static, Event>>,
     /// Active subscriptions by id (their JSON text), each with the switch that ends it.
     active: HashMap<String, oneshot::Sender<()>>,
+    max_subscriptions: usize,
 }
 
 impl Connection {
-    fn new(barrel: BarrelHandle, session: actix_ws::Session) -> Self {
+    fn new(barrel: BarrelHandle, session: actix_ws::Session, max_subscriptions: usize) -> Self {
         Self {
             barrel,
             session,
             streams: SelectAll::new(),
             active: HashMap::new(),
+            max_subscriptions,
         }
     }
 
@@ -205,11 +206,14 @@ impl Connection {
                 .error(&req.id, "a subscription with this id is active")
                 .await;
         }
-        if self.active.len() >= MAX_SUBSCRIPTIONS {
+        if self.active.len() >= self.max_subscriptions {
             return self
                 .error(
                     &req.id,
-                    &format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+                    &format!(
+                        "at most {} subscriptions per connection",
+                        self.max_subscriptions
+                    ),
                 )
                 .await;
         }
