@@ -373,6 +373,7 @@ mod tests {
             data_dir: dir.to_owned(),
             store: StoreOptions::default(),
             arbiters: 2,
+            subscriber_queue: crate::listener::SUBSCRIBER_QUEUE,
         }
     }
 
