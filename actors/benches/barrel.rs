@@ -8,21 +8,23 @@
 //! |---|---|---|
 //! | `COOPER_BENCH_N` | 100000 | documents for (c), (ii) and the read set |
 //! | `COOPER_BENCH_CONC_N` | `COOPER_BENCH_N` | documents for the full-size (b) and (b*) |
-//! | `COOPER_BENCH_SYNC_N` | 2000 | documents per measurement of an interleaved round |
-//! | `COOPER_BENCH_SYNC_ROUNDS` | 3 | interleaved rounds before the full-size (b) (one more after) |
+//! | `COOPER_BENCH_CONC_CHUNK` | 2000 | documents per turn in the full-size (b) / (b*) session |
+//! | `COOPER_BENCH_SYNC_N` | 2000 | documents for (i), (a), (i*), (b), (b*) at the same size |
+//! | `COOPER_BENCH_SYNC_CHUNK` | 200 | documents per turn in that session |
 //! | `COOPER_BENCH_READS` | 200000 | point reads per read measurement |
-//! | `COOPER_BENCH_ONLY` | all | comma list of `sync,b,bulk,reads` to run a subset (profiling) |
+//! | `COOPER_BENCH_ONLY` | all | comma list of `sync,b,bulk` to run a subset (profiling) |
 //! | `COOPER_BENCH_DIR` | system temp | where the fresh temporary directories go |
 //!
-//! Measurements (each on a fresh directory and, for the actor, a fresh barrel):
+//! Measurements (each on its own fresh directory and file, the actor's on a fresh barrel; every
+//! commit uses `Durability::Immediate`):
 //! - (i) redb directly: one ~300-byte value (the document's JSON) per transaction.
 //! - (a) the actor: one writer, one `put` per document (each a commit of one).
-//! - (b) the actor: 16 concurrent writers (`actix_rt::spawn`ed tasks), one `put` per document;
-//!   once per round over `COOPER_BENCH_SYNC_N` documents and once over `COOPER_BENCH_CONC_N`.
+//! - (b) the actor: 16 concurrent writers (`actix_rt::spawn`ed tasks), one `put` per document.
 //! - (ii) redb directly: exactly the entries the store writes for those documents (doc info,
-//!   body, change, path index entries, 3 counters per transaction), 1000 documents per
-//!   transaction; all keys and values are computed before the clock starts. Run before and
-//!   after (c); (c) is compared with their mean.
+//!   body, feed entry, path index entries, 3 counters per transaction), 1000 documents per
+//!   transaction; all keys and values are computed before the clock starts. After the run the
+//!   store's file from (c) is compared with them (a WARNING line says when the store's write
+//!   path changed and this mirror needs following).
 //! - (c) the actor: `write` of 1000 `WriteOp::Edit` per call, one call at a time (the JSON
 //!   is built and split into `IncomingDoc`s before the clock starts).
 //! - reads: point reads of random ids from one thread, through `BarrelHandle::get`,
@@ -30,24 +32,29 @@
 //! - diagnostics, not targets: (i*) and (b*) are (ii) with 1 and 16 documents per
 //!   transaction: what redb alone does with the store's entries at (a)'s and (b)'s commit
 //!   sizes. For every write measurement the bytes and write calls the process made per
-//!   document are shown (`/proc/self/io`).
+//!   document (`/proc/self/io`) and the CPU use are shown.
 //!
-//! Every commit uses `Durability::Immediate`. Commits are fsync-bound and this kind of
-//! disk's rate drifts over minutes, so (i), (a), (i*), (b), (b*) run in interleaved rounds
-//! (the last one in reverse order) and ratios are taken within a round, then the median.
+//! This kind of disk's fsync rate drifts by an order of magnitude within seconds, so the
+//! measurements that are compared run in one *session*: all their files are open at once and
+//! they take turns over the same documents, `*_CHUNK` documents per turn, in a rotating order;
+//! each one's time is the sum of its turns. Ratios are of those sums; the median of the
+//! per-turn ratios is shown too. Sessions: (i) (a) (i*) (b) (b*) over `SYNC_N` documents;
+//! (b) (b*) over `CONC_N`; (ii) (c) over `N`, one 1000-document transaction per turn.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
-use std::path::Path;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context as _};
+use anyhow::{bail, ensure, Context as _};
 use cooper_actors::barrel::store::{GetOptions, Store, StoreOptions, WriteOp};
 use cooper_actors::barrel::{Barrel, BarrelHandle, Close};
+use cooper_protocols::document::{self, IncomingDoc};
 use cooper_protocols::ids::{hex, BarrelName, Rev};
 use cooper_protocols::rev_tree::{RevTree, DEFAULT_REVS_LIMIT};
-use cooper_protocols::{cbor, document, path};
+use cooper_protocols::{cbor, path};
 use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -56,7 +63,7 @@ use serde_json::{json, Map, Value};
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
-const CHANGES: TableDefinition<u64, &str> = TableDefinition::new("changes");
+const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 const PATHS: TableDefinition<&[u8], ()> = TableDefinition::new("paths");
 
 /// The store's per-value format byte.
@@ -65,6 +72,14 @@ const FORMAT: u8 = 1;
 const BATCH: usize = 1000;
 /// Concurrent writers in (b).
 const WRITERS: usize = 16;
+
+/// One entry of the store's changes feed (same field names, so the same CBOR).
+#[derive(Debug, Serialize)]
+struct FeedEntry {
+    v: u8,
+    id: String,
+    earlier: Option<Vec<String>>,
+}
 
 /// What the store keeps in `docs` per document (same field names, so the same CBOR).
 #[derive(Debug, Serialize, Deserialize)]
@@ -81,8 +96,9 @@ struct DocInfo {
 struct Config {
     n: usize,
     conc_n: usize,
+    conc_chunk: usize,
     sync_n: usize,
-    sync_rounds: usize,
+    sync_chunk: usize,
     reads: usize,
     only: Option<Vec<String>>,
 }
@@ -99,8 +115,9 @@ impl Config {
         Ok(Self {
             n,
             conc_n: var("COOPER_BENCH_CONC_N", n)?.max(WRITERS),
+            conc_chunk: var("COOPER_BENCH_CONC_CHUNK", 2000)?.max(WRITERS),
             sync_n: var("COOPER_BENCH_SYNC_N", 2000)?.max(1),
-            sync_rounds: var("COOPER_BENCH_SYNC_ROUNDS", 3)?.max(1),
+            sync_chunk: var("COOPER_BENCH_SYNC_CHUNK", 200)?.max(1),
             reads: var("COOPER_BENCH_READS", 200_000)?.max(1),
             only: std::env::var("COOPER_BENCH_ONLY")
                 .ok()
@@ -146,7 +163,7 @@ impl Rng {
 
 /// Bytes and write calls the whole process handed to the kernel (`/proc/self/io`), and CPU
 /// time of the process and of its main thread (the actix thread), in clock ticks.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 struct Io {
     wchar: u64,
     syscw: u64,
@@ -227,6 +244,29 @@ struct Measure {
 }
 
 impl Measure {
+    fn empty(label: String) -> Self {
+        Self {
+            label,
+            count: 0,
+            elapsed: Duration::ZERO,
+            io: Some(Io::default()),
+        }
+    }
+
+    fn add(&mut self, other: &Measure) {
+        self.count += other.count;
+        self.elapsed += other.elapsed;
+        self.io = match (self.io, other.io) {
+            (Some(a), Some(b)) => Some(Io {
+                wchar: a.wchar + b.wchar,
+                syscw: a.syscw + b.syscw,
+                cpu: a.cpu + b.cpu,
+                main_cpu: a.main_cpu + b.main_cpu,
+            }),
+            _ => None,
+        };
+    }
+
     fn rate(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64()
     }
@@ -379,18 +419,21 @@ struct Entries {
     body_key: Vec<u8>,
     /// `bodies` value: format, flags, u32 attachments length (0), canonical CBOR body.
     body: Vec<u8>,
+    /// `feed` value: CBOR of the feed entry (no earlier topics for a new document).
+    feed: Vec<u8>,
     /// `paths` keys.
     index: Vec<Vec<u8>>,
 }
 
 impl Entries {
     fn bytes(&self) -> usize {
-        // docs + bodies + changes (u64 + id) + paths
-        self.id.len() * 2
+        // docs + bodies + feed (u64 key) + paths
+        self.id.len()
             + self.info.len()
             + self.body_key.len()
             + self.body.len()
             + 8
+            + self.feed.len()
             + self.index.iter().map(Vec::len).sum::<usize>()
     }
 }
@@ -419,6 +462,16 @@ fn entries_of(i: usize, body: &Map<String, Value>, id: &str) -> Entries {
     let mut stored = Vec::with_capacity(6 + body_cbor.len());
     stored.extend_from_slice(&[FORMAT, 0, 0, 0, 0, 0]);
     stored.extend_from_slice(&body_cbor);
+    let mut feed = Vec::with_capacity(48);
+    ciborium::into_writer(
+        &FeedEntry {
+            v: FORMAT,
+            id: id.to_owned(),
+            earlier: Some(Vec::new()),
+        },
+        &mut feed,
+    )
+    .expect("cbor into a vec");
     let index = path::index_entries(body)
         .into_iter()
         .map(|(p, v)| path::index_key(&p, v, id))
@@ -428,22 +481,16 @@ fn entries_of(i: usize, body: &Map<String, Value>, id: &str) -> Entries {
         info,
         body_key,
         body: stored,
+        feed,
         index,
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// redb directly
+// Writing
 
-/// (i): one value per transaction, each committed with `Durability::Immediate`.
-fn raw_single(dir: &Path, values: &[(String, Vec<u8>)], label: String) -> anyhow::Result<Measure> {
-    let db = Database::create(dir.join("raw.redb"))?;
-    {
-        let txn = db.begin_write()?;
-        txn.open_table(DOCS)?;
-        txn.commit()?;
-    }
-    let clock = Clock::start();
+/// (i): one value per transaction.
+fn write_single(db: &Database, values: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
     for (id, value) in values {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -451,28 +498,18 @@ fn raw_single(dir: &Path, values: &[(String, Vec<u8>)], label: String) -> anyhow
             .insert(id.as_str(), value.as_slice())?;
         txn.commit()?;
     }
-    Ok(clock.stop(label, values.len()))
+    Ok(())
 }
 
-/// (ii): the store's entries for every document, `batch` documents per transaction.
-fn raw_bulk(
-    path: &Path,
+/// (ii), (i*), (b*): the store's entries for `entries`, whose first has seq `first_seq + 1`,
+/// `batch` documents per transaction, with the 3 counters per transaction as the store writes.
+fn write_entries(
+    db: &Database,
     entries: &[Entries],
     batch: usize,
-    label: String,
-) -> anyhow::Result<(Database, Measure)> {
-    let db = Database::create(path)?;
-    {
-        let txn = db.begin_write()?;
-        txn.open_table(META)?;
-        txn.open_table(DOCS)?;
-        txn.open_table(BODIES)?;
-        txn.open_table(CHANGES)?;
-        txn.open_table(PATHS)?;
-        txn.commit()?;
-    }
-    let clock = Clock::start();
-    let mut seq = 0u64;
+    first_seq: u64,
+) -> anyhow::Result<()> {
+    let mut seq = first_seq;
     for chunk in entries.chunks(batch) {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -480,15 +517,16 @@ fn raw_bulk(
             let mut meta = txn.open_table(META)?;
             let mut docs = txn.open_table(DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
-            let mut changes = txn.open_table(CHANGES)?;
+            let mut feed = txn.open_table(FEED)?;
             let mut paths = txn.open_table(PATHS)?;
             for e in chunk {
                 seq += 1;
+                // In the order `Writer::commit_revision` writes them.
                 bodies.insert(e.body_key.as_slice(), e.body.as_slice())?;
                 for k in &e.index {
                     paths.insert(k.as_slice(), ())?;
                 }
-                changes.insert(seq, e.id.as_str())?;
+                feed.insert(seq, e.feed.as_slice())?;
                 docs.insert(e.id.as_str(), e.info.as_slice())?;
             }
             meta.insert("update_seq", seq)?;
@@ -497,157 +535,310 @@ fn raw_bulk(
         }
         txn.commit()?;
     }
-    let m = clock.stop(label, entries.len());
-    Ok((db, m))
-}
-
-// ---------------------------------------------------------------------------------------------
-// Through the actor
-
-fn start_barrel(dir: &Path) -> anyhow::Result<(BarrelHandle, Arc<Store>)> {
-    let store = Arc::new(Store::open(
-        &dir.join("bench.redb"),
-        StoreOptions::default(),
-    )?);
-    let handle = Barrel::start(BarrelName::new("bench")?, store.clone(), None);
-    Ok((handle, store))
-}
-
-async fn close(handle: &BarrelHandle) -> anyhow::Result<()> {
-    handle.addr().send(Close).await?;
     Ok(())
 }
 
-/// (a): one writer, one `put` per document.
-fn actor_single(docs: Vec<Value>, label: String) -> anyhow::Result<Measure> {
-    let dir = tempdir()?;
-    actix_rt::System::new().block_on(async move {
-        let (h, _store) = start_barrel(dir.path())?;
-        let count = docs.len();
-        let clock = Clock::start();
-        for d in docs {
-            h.put(d).await?;
-        }
-        let m = clock.stop(label, count);
-        ensure!(h.counts()?.doc_count == count as u64, "(a) lost documents");
-        close(&h).await?;
-        Ok(m)
-    })
+/// `docs` dealt round-robin to `WRITERS` writers.
+fn shares_of(docs: &[Value]) -> Vec<Vec<Value>> {
+    let mut shares: Vec<Vec<Value>> = vec![Vec::new(); WRITERS];
+    for (k, d) in docs.iter().enumerate() {
+        shares[k % WRITERS].push(d.clone());
+    }
+    shares
 }
 
-/// (b): `WRITERS` tasks, each putting its share one document at a time.
-fn actor_concurrent(shares: Vec<Vec<Value>>, label: String) -> anyhow::Result<(Measure, u64)> {
-    let dir = tempdir()?;
-    actix_rt::System::new().block_on(async move {
-        let (h, _store) = start_barrel(dir.path())?;
-        let count: usize = shares.iter().map(Vec::len).sum();
-        let clock = Clock::start();
-        let tasks: Vec<_> = shares
-            .into_iter()
-            .map(|share| {
-                let h = h.clone();
-                actix_rt::spawn(async move {
-                    for d in share {
-                        h.put(d).await?;
-                    }
-                    Ok::<_, anyhow::Error>(())
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await??;
-        }
-        let m = clock.stop(label, count);
-        let counts = h.counts()?;
-        ensure!(counts.doc_count == count as u64, "(b) lost documents");
-        close(&h).await?;
-        Ok((m, counts.size_bytes))
-    })
+// ---------------------------------------------------------------------------------------------
+// Interleaved sessions
+
+/// What a session measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    I,
+    A,
+    IStar,
+    B,
+    BStar,
+    II,
+    C,
 }
 
-struct BulkRun {
-    write: Measure,
-    handle_reads: Measure,
-    store_reads: Measure,
-    size_bytes: u64,
+impl Kind {
+    fn label(self) -> String {
+        match self {
+            Kind::I => "(i) redb direct, 1 value/txn".into(),
+            Kind::A => "(a) actor, 1 writer, 1 put/write".into(),
+            Kind::IStar => "(i*) redb direct, store's entries, 1 doc/txn".into(),
+            Kind::B => format!("(b) actor, {WRITERS} writers, 1 put/write each"),
+            Kind::BStar => format!("(b*) redb direct, store's entries, {WRITERS} docs/txn"),
+            Kind::II => format!("(ii) redb direct, store's entries, {BATCH} docs/txn"),
+            Kind::C => format!("(c) actor, write() of {BATCH} edits per call"),
+        }
+    }
+
+    fn is_actor(self) -> bool {
+        matches!(self, Kind::A | Kind::B | Kind::C)
+    }
 }
 
-/// (c): `write` calls of `BATCH` edits, one at a time; then point reads on the same barrel.
-/// The store file is left in `dir` (closed) for checking.
-fn actor_bulk(
-    dir: &Path,
-    batches: Vec<Vec<WriteOp>>,
-    ids: &[String],
-    picks: &[usize],
-) -> anyhow::Result<BulkRun> {
-    actix_rt::System::new().block_on(async move {
-        let (h, store) = start_barrel(dir)?;
-        let count: usize = batches.iter().map(Vec::len).sum();
-        let clock = Clock::start();
-        for batch in batches {
-            for r in h.write(batch).await? {
-                r?;
-            }
-        }
-        let write = clock.stop(
-            format!("(c) actor, write() of {BATCH} edits per call"),
-            count,
-        );
-        let counts = h.counts()?;
-        ensure!(counts.doc_count == count as u64, "(c) lost documents");
+/// The inputs, all prepared before any clock starts.
+struct Data {
+    docs: Vec<Value>,
+    /// (i)'s values: the id and the document's JSON.
+    single: Vec<(String, Vec<u8>)>,
+    split: Vec<IncomingDoc>,
+    entries: Vec<Entries>,
+}
 
-        let opts = GetOptions::default();
-        let started = Instant::now();
-        let mut members = 0usize;
-        for &p in picks {
-            members += h.get(&ids[p], &opts)?.body.len();
+enum Target {
+    Raw(Database),
+    Barrel {
+        handle: BarrelHandle,
+        store: Arc<Store>,
+    },
+}
+
+/// The files of one session, open at once, and what each measured.
+struct Session {
+    files: BTreeMap<Kind, (tempfile::TempDir, PathBuf, Target)>,
+    totals: BTreeMap<Kind, Measure>,
+    turns: Vec<BTreeMap<Kind, Measure>>,
+}
+
+impl Session {
+    /// Opens a fresh directory and file per kind (inside an actix system).
+    fn open(kinds: &[Kind]) -> anyhow::Result<Self> {
+        let mut files = BTreeMap::new();
+        for &k in kinds {
+            let dir = tempdir()?;
+            let path = dir.path().join("bench.redb");
+            let target = if k.is_actor() {
+                let store = Arc::new(Store::open(&path, StoreOptions::default())?);
+                let handle = Barrel::start(BarrelName::new("bench")?, store.clone(), None);
+                Target::Barrel { handle, store }
+            } else {
+                let db = Database::create(&path)?;
+                let txn = db.begin_write()?;
+                txn.open_table(DOCS)?;
+                if k != Kind::I {
+                    txn.open_table(META)?;
+                    txn.open_table(BODIES)?;
+                    txn.open_table(FEED)?;
+                    txn.open_table(PATHS)?;
+                }
+                txn.commit()?;
+                Target::Raw(db)
+            };
+            files.insert(k, (dir, path, target));
         }
-        let handle_reads = Measure {
-            label: "reads: BarrelHandle::get, random ids, 1 thread".into(),
-            count: picks.len(),
-            elapsed: started.elapsed(),
-            io: None,
-        };
-        black_box(members);
-        let started = Instant::now();
-        for &p in picks {
-            members += store.get(&ids[p], &opts)?.body.len();
-        }
-        let store_reads = Measure {
-            label: "reads: Store::get, random ids, 1 thread".into(),
-            count: picks.len(),
-            elapsed: started.elapsed(),
-            io: None,
-        };
-        black_box(members);
-        close(&h).await?;
-        Ok(BulkRun {
-            write,
-            handle_reads,
-            store_reads,
-            size_bytes: counts.size_bytes,
+        Ok(Self {
+            files,
+            totals: BTreeMap::new(),
+            turns: Vec::new(),
         })
-    })
+    }
+
+    fn barrel(&self, k: Kind) -> anyhow::Result<(&BarrelHandle, &Arc<Store>)> {
+        match self.files.get(&k) {
+            Some((_, _, Target::Barrel { handle, store })) => Ok((handle, store)),
+            _ => bail!("no barrel for {k:?}"),
+        }
+    }
+
+    fn raw(&self, k: Kind) -> anyhow::Result<&Database> {
+        match self.files.get(&k) {
+            Some((_, _, Target::Raw(db))) => Ok(db),
+            _ => bail!("no database for {k:?}"),
+        }
+    }
+
+    /// Documents `range` through `k`, timed.
+    async fn turn(&self, k: Kind, data: &Data, range: Range<usize>) -> anyhow::Result<Measure> {
+        let count = range.len();
+        let first_seq = range.start as u64;
+        let m = match k {
+            Kind::I => {
+                let db = self.raw(k)?;
+                let clock = Clock::start();
+                write_single(db, &data.single[range])?;
+                clock.stop(k.label(), count)
+            }
+            Kind::IStar | Kind::BStar | Kind::II => {
+                let db = self.raw(k)?;
+                let batch = match k {
+                    Kind::IStar => 1,
+                    Kind::BStar => WRITERS,
+                    _ => BATCH,
+                };
+                let clock = Clock::start();
+                write_entries(db, &data.entries[range], batch, first_seq)?;
+                clock.stop(k.label(), count)
+            }
+            Kind::A => {
+                let (h, _) = self.barrel(k)?;
+                let docs = data.docs[range].to_vec();
+                let clock = Clock::start();
+                for d in docs {
+                    h.put(d).await?;
+                }
+                clock.stop(k.label(), count)
+            }
+            Kind::B => {
+                let (h, _) = self.barrel(k)?;
+                let shares = shares_of(&data.docs[range]);
+                let clock = Clock::start();
+                let tasks: Vec<_> = shares
+                    .into_iter()
+                    .map(|share| {
+                        let h = h.clone();
+                        actix_rt::spawn(async move {
+                            for d in share {
+                                h.put(d).await?;
+                            }
+                            Ok::<_, anyhow::Error>(())
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await??;
+                }
+                clock.stop(k.label(), count)
+            }
+            Kind::C => {
+                let (h, _) = self.barrel(k)?;
+                let batches: Vec<Vec<WriteOp>> = data.split[range]
+                    .chunks(BATCH)
+                    .map(|c| c.iter().cloned().map(WriteOp::Edit).collect())
+                    .collect();
+                let clock = Clock::start();
+                for batch in batches {
+                    for r in h.write(batch).await? {
+                        r?;
+                    }
+                }
+                clock.stop(k.label(), count)
+            }
+        };
+        Ok(m)
+    }
+
+    /// Documents `0..n` through every kind, `chunk` at a time, taking turns in a rotating
+    /// order.
+    async fn run(&mut self, data: &Data, n: usize, chunk: usize) -> anyhow::Result<()> {
+        let kinds: Vec<Kind> = self.files.keys().copied().collect();
+        for (t, start) in (0..n).step_by(chunk).enumerate() {
+            let range = start..(start + chunk).min(n);
+            let mut order = kinds.clone();
+            order.rotate_left(t % kinds.len());
+            let mut turn = BTreeMap::new();
+            for k in order {
+                let m = self.turn(k, data, range.clone()).await?;
+                self.totals
+                    .entry(k)
+                    .or_insert_with(|| Measure::empty(k.label()))
+                    .add(&m);
+                turn.insert(k, m);
+            }
+            self.turns.push(turn);
+        }
+        Ok(())
+    }
+
+    /// The ratio of the rates of `x` and `y` over the whole session, and the median of the
+    /// per-turn ratios.
+    fn ratio(&self, x: Kind, y: Kind) -> (f64, f64) {
+        let total = self.totals[&x].rate() / self.totals[&y].rate();
+        let per_turn = median(
+            self.turns
+                .iter()
+                .map(|t| t[&x].rate() / t[&y].rate())
+                .collect(),
+        );
+        (total, per_turn)
+    }
+
+    fn print(&self) {
+        for (k, m) in &self.totals {
+            m.print();
+            let rates: Vec<f64> = self.turns.iter().map(|t| t[k].rate()).collect();
+            let lo = rates.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = rates.iter().copied().fold(0.0, f64::max);
+            println!(
+                "      {} turns: min {lo:.0}, median {:.0}, max {hi:.0} /s",
+                rates.len(),
+                median(rates.clone())
+            );
+        }
+    }
+
+    /// Closes the barrels (checking they hold `n` documents) and returns the file sizes and
+    /// the directories, which still hold the files.
+    async fn close(
+        &mut self,
+        n: usize,
+    ) -> anyhow::Result<BTreeMap<Kind, (tempfile::TempDir, PathBuf, u64)>> {
+        let mut out = BTreeMap::new();
+        for (k, (dir, path, target)) in std::mem::take(&mut self.files) {
+            if let Target::Barrel { handle, .. } = &target {
+                let counts = handle.counts()?;
+                ensure!(counts.doc_count == n as u64, "{k:?} holds {counts:?}");
+                handle.addr().send(Close).await?;
+            }
+            drop(target);
+            let size = std::fs::metadata(&path)?.len();
+            out.insert(k, (dir, path, size));
+        }
+        Ok(out)
+    }
 }
 
-/// Checks that the file the store wrote in (c) holds exactly the entries (ii) writes.
+fn print_sizes(files: &BTreeMap<Kind, (tempfile::TempDir, PathBuf, u64)>) {
+    let sizes: Vec<String> = files
+        .iter()
+        .map(|(k, (_, _, size))| {
+            let label = k.label();
+            let short = label.split(' ').next().unwrap_or_default().to_owned();
+            format!("{short} {:.1} MB", *size as f64 / (1024.0 * 1024.0))
+        })
+        .collect();
+    println!("      file sizes: {}", sizes.join(", "));
+}
+
+/// Checks that the file the store wrote in (c) holds exactly the entries (ii) writes: the
+/// same rows in the tables (ii) writes (values compared for a sample of documents), and
+/// nothing in any other table.
 fn check_same_entries(store_file: &Path, entries: &[Entries]) -> anyhow::Result<()> {
     let db = Database::create(store_file)?;
     let txn = db.begin_read()?;
+    let mirrored = ["meta", "docs", "bodies", "feed", "paths"];
+    for t in txn.list_tables()? {
+        let name = redb::TableHandle::name(&t).to_owned();
+        if !mirrored.contains(&name.as_str()) {
+            let rows = txn.open_untyped_table(t)?.len()?;
+            ensure!(
+                rows == 0,
+                "the store wrote {rows} rows in table {name:?}, (ii) none"
+            );
+        }
+    }
     let docs = txn.open_table(DOCS)?;
     let bodies = txn.open_table(BODIES)?;
-    let changes = txn.open_table(CHANGES)?;
+    let feed = txn.open_table(FEED)?;
     let paths = txn.open_table(PATHS)?;
+    let meta = txn.open_table(META)?;
     let n = entries.len() as u64;
     let index: u64 = entries.iter().map(|e| e.index.len() as u64).sum();
     ensure!(docs.len()? == n, "docs: {} rows, expected {n}", docs.len()?);
     ensure!(bodies.len()? == n, "bodies: {} rows", bodies.len()?);
-    ensure!(changes.len()? == n, "changes: {} rows", changes.len()?);
+    ensure!(feed.len()? == n, "feed: {} rows", feed.len()?);
     ensure!(
         paths.len()? == index,
         "paths: {} rows, expected {index}",
         paths.len()?
     );
+    for key in ["update_seq", "doc_count"] {
+        let v = meta.get(key)?.map(|g| g.value());
+        ensure!(v == Some(n), "meta {key}: {v:?}, expected {n}");
+    }
     for (i, e) in entries.iter().enumerate().step_by(97) {
         let info = docs.get(e.id.as_str())?.context("doc info missing")?;
         ensure!(
@@ -661,8 +852,12 @@ fn check_same_entries(store_file: &Path, entries: &[Entries]) -> anyhow::Result<
             "body of {} differs",
             e.id
         );
-        let change = changes.get(i as u64 + 1)?.context("change missing")?;
-        ensure!(change.value() == e.id, "change {} differs", i + 1);
+        let entry = feed.get(i as u64 + 1)?.context("feed entry missing")?;
+        ensure!(
+            entry.value() == e.feed.as_slice(),
+            "feed entry {} differs",
+            i + 1
+        );
         for k in &e.index {
             ensure!(paths.get(k.as_slice())?.is_some(), "index key missing");
         }
@@ -725,41 +920,29 @@ fn raw_reads(db: &Database, entries: &[Entries], picks: &[usize]) -> anyhow::Res
     Ok([plain, decoded])
 }
 
+/// Point reads of `picks`, timed; `read` returns something to keep the work from being
+/// optimized away.
+fn time_reads(
+    label: &str,
+    picks: &[usize],
+    mut read: impl FnMut(usize) -> anyhow::Result<usize>,
+) -> anyhow::Result<Measure> {
+    let started = Instant::now();
+    let mut total = 0usize;
+    for &p in picks {
+        total += read(p)?;
+    }
+    black_box(total);
+    Ok(Measure {
+        label: label.into(),
+        count: picks.len(),
+        elapsed: started.elapsed(),
+        io: None,
+    })
+}
+
 // ---------------------------------------------------------------------------------------------
 // The run
-
-/// The fsync-bound measurements of one interleaved round, all over `COOPER_BENCH_SYNC_N`
-/// documents on fresh files.
-struct Round {
-    /// (i): redb, one ~300-byte value per transaction.
-    i: Measure,
-    /// (a): the actor, one writer.
-    a: Measure,
-    /// (i*): redb, the store's entries for one document per transaction.
-    i_star: Measure,
-    /// (b) at the same count as (a).
-    b: Measure,
-    /// (b*): redb, the store's entries for `WRITERS` documents per transaction.
-    b_star: Measure,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Kind {
-    I,
-    A,
-    IStar,
-    B,
-    BStar,
-}
-
-/// `docs` dealt round-robin to `WRITERS` writers.
-fn shares_of(docs: &[Value]) -> Vec<Vec<Value>> {
-    let mut shares: Vec<Vec<Value>> = vec![Vec::new(); WRITERS];
-    for (k, d) in docs.iter().enumerate() {
-        shares[k % WRITERS].push(d.clone());
-    }
-    shares
-}
 
 struct Check {
     name: String,
@@ -773,20 +956,19 @@ fn main() -> anyhow::Result<()> {
     let n_docs = cfg.n.max(cfg.conc_n).max(cfg.sync_n);
     println!("Cooper barrel benchmark (DESIGN §8)");
     println!(
-        "  counts: rounds of (i) (a) (i*) (b) (b*) over {} docs each, {} rounds + 1 after the \
-         full-size (b) and (b*) over {} docs; (ii) and (c) {} docs; {} reads",
-        cfg.sync_n, cfg.sync_rounds, cfg.conc_n, cfg.n, cfg.reads
+        "  sessions: (i) (a) (i*) (b) (b*) over {} docs, {} per turn; (b) (b*) over {} docs, {} \
+         per turn; (ii) (c) over {} docs, {BATCH} per turn; {} point reads",
+        cfg.sync_n, cfg.sync_chunk, cfg.conc_n, cfg.conc_chunk, cfg.n, cfg.reads
     );
 
     // Documents and everything derived from them, outside any timing.
     let docs: Vec<Value> = (0..n_docs).map(make_doc).collect();
-    let json_bytes: usize = docs
+    let json_bytes: usize = docs[..cfg.n]
         .iter()
-        .take(cfg.n)
         .map(|d| serde_json::to_vec(d).map(|v| v.len()))
         .sum::<Result<usize, _>>()?;
     let started = Instant::now();
-    let split: Vec<document::IncomingDoc> = docs
+    let split: Vec<IncomingDoc> = docs
         .iter()
         .map(|d| document::split(d.clone()))
         .collect::<Result<_, _>>()?;
@@ -802,6 +984,12 @@ fn main() -> anyhow::Result<()> {
         .map(|(i, d)| entries_of(i, &d.body, &ids[i]))
         .collect();
     let encode_time = started.elapsed() / docs.len() as u32;
+    let single: Vec<(String, Vec<u8>)> = docs[..cfg.sync_n]
+        .iter()
+        .zip(&ids)
+        .map(|(d, id)| Ok((id.clone(), serde_json::to_vec(d)?)))
+        .collect::<anyhow::Result<_>>()?;
+
     let bulk = &entries[..cfg.n];
     let n = cfg.n as f64;
     let index_total: usize = bulk.iter().map(|e| e.index.len()).sum();
@@ -817,19 +1005,36 @@ fn main() -> anyhow::Result<()> {
         info_bytes as f64 / n
     );
     println!(
-        "  index entries per document: {index_per_doc:.2} (avg key {:.0} B); avg key+value bytes written per document: {:.0} B",
+        "  index entries per document: {index_per_doc:.2} (avg key {:.0} B); key + value bytes \
+         the store writes per document: {:.0} B",
         index_key_bytes as f64 / index_total as f64,
         entry_bytes as f64 / n
     );
     println!(
-        "  CPU outside timing: split {:.2} µs/doc; store-side encoding (CBOR body, rev hash, rev tree + info CBOR, index keys) {:.2} µs/doc",
+        "  CPU outside timing: split {:.2} µs/doc; store-side encoding (CBOR body, rev hash, rev \
+         tree + info CBOR, index keys) {:.2} µs/doc",
         split_time.as_secs_f64() * 1e6,
         encode_time.as_secs_f64() * 1e6
     );
+    let data = Data {
+        docs,
+        single,
+        split,
+        entries,
+    };
+    let bulk = &data.entries[..cfg.n];
+
     println!();
     println!(
         "  {:<58} {:>8} {:>11} {:>13} {:>8} {:>7} {:>6} {:>6}",
-        "measurement", "count", "time", "rate", "KiB/doc", "wr/doc", "cpu", "main"
+        "measurement (sum of its turns)",
+        "count",
+        "time",
+        "rate",
+        "KiB/doc",
+        "wr/doc",
+        "cpu",
+        "main"
     );
     println!(
         "  (KiB/doc, wr/doc: bytes and write calls the process made per document; cpu: CPU time \
@@ -837,240 +1042,131 @@ fn main() -> anyhow::Result<()> {
     );
 
     let mut checks: Vec<Check> = Vec::new();
+    let mut a_rate = None;
 
-    // Fsync-bound: rounds of (i), (a), (i*) interleaved, then (b) and its physical reference
-    // (b*), then one more round.
-    if cfg.runs("sync") || cfg.runs("b") {
-        let single_values: Vec<(String, Vec<u8>)> = docs[..cfg.sync_n]
-            .iter()
-            .map(|d| {
-                let id = d["_id"].as_str().unwrap_or_default().to_owned();
-                (id, serde_json::to_vec(d).unwrap_or_default())
-            })
-            .collect();
-        let mut rounds: Vec<Round> = Vec::new();
-        let mut round = |r: usize, reverse: bool| -> anyhow::Result<()> {
-            let mut kinds = [Kind::I, Kind::A, Kind::IStar, Kind::B, Kind::BStar];
-            if reverse {
-                kinds.reverse();
-            }
-            let mut out: BTreeMap<Kind, Measure> = BTreeMap::new();
-            for kind in kinds {
-                let m = match kind {
-                    Kind::I => {
-                        let dir = tempdir()?;
-                        let label = format!("(i) redb direct, 1 value/txn, round {r}");
-                        raw_single(dir.path(), &single_values, label)?
-                    }
-                    Kind::A => actor_single(
-                        docs[..cfg.sync_n].to_vec(),
-                        format!("(a) actor, 1 writer, 1 put/write, round {r}"),
-                    )?,
-                    Kind::IStar | Kind::BStar => {
-                        let dir = tempdir()?;
-                        let (batch, label) = if kind == Kind::IStar {
-                            (
-                                1,
-                                format!("(i*) redb direct, store's entries, 1 doc/txn, round {r}"),
-                            )
-                        } else {
-                            (
-                                WRITERS,
-                                format!(
-                                    "(b*) redb direct, store's entries, {WRITERS} docs/txn, round {r}"
-                                ),
-                            )
-                        };
-                        let path = dir.path().join("raw.redb");
-                        raw_bulk(&path, &entries[..cfg.sync_n], batch, label)?.1
-                    }
-                    Kind::B => {
-                        actor_concurrent(
-                            shares_of(&docs[..cfg.sync_n]),
-                            format!("(b) actor, {WRITERS} writers, 1 put/write each, round {r}"),
-                        )?
-                        .0
-                    }
-                };
-                m.print();
-                out.insert(kind, m);
-            }
-            let mut take = |k| out.remove(&k).context("measured");
-            rounds.push(Round {
-                i: take(Kind::I)?,
-                a: take(Kind::A)?,
-                i_star: take(Kind::IStar)?,
-                b: take(Kind::B)?,
-                b_star: take(Kind::BStar)?,
-            });
-            Ok(())
-        };
-        if cfg.runs("sync") {
-            for r in 1..=cfg.sync_rounds {
-                round(r, false)?;
-            }
-        }
-        let mut b_runs = None;
-        if cfg.runs("b") {
-            let (b, size) = actor_concurrent(
-                shares_of(&docs[..cfg.conc_n]),
-                format!("(b) actor, {WRITERS} writers, 1 put/write each"),
-            )?;
-            b.print();
-            let dir = tempdir()?;
-            let (db, b_star) = raw_bulk(
-                &dir.path().join("raw.redb"),
-                &entries[..cfg.conc_n],
-                WRITERS,
-                format!("(b*) redb direct, store's entries, {WRITERS} docs/txn"),
-            )?;
-            b_star.print();
-            let raw_size = std::fs::metadata(dir.path().join("raw.redb"))?.len();
-            drop(db);
-            println!(
-                "      file sizes: (b) {:.1} MB, (b*) {:.1} MB",
-                size as f64 / (1024.0 * 1024.0),
-                raw_size as f64 / (1024.0 * 1024.0)
-            );
-            b_runs = Some((b, b_star));
-        }
-        if cfg.runs("sync") {
-            round(cfg.sync_rounds + 1, true)?;
-        }
+    if cfg.runs("sync") {
+        println!("  -- session: same size, {} docs --", cfg.sync_n);
+        let kinds = [Kind::I, Kind::A, Kind::IStar, Kind::B, Kind::BStar];
+        let (s, files) = actix_rt::System::new().block_on(async {
+            let mut s = Session::open(&kinds)?;
+            s.run(&data, cfg.sync_n, cfg.sync_chunk).await?;
+            let files = s.close(cfg.sync_n).await?;
+            Ok::<_, anyhow::Error>((s, files))
+        })?;
+        s.print();
+        print_sizes(&files);
+        drop(files);
+        let (a_i, a_i_turn) = s.ratio(Kind::A, Kind::I);
+        let (a_is, a_is_turn) = s.ratio(Kind::A, Kind::IStar);
+        let (is_i, is_i_turn) = s.ratio(Kind::IStar, Kind::I);
+        checks.push(Check {
+            name: "(a) / (i)".into(),
+            value: a_i,
+            target: 0.80,
+            note: format!(
+                "median of the per-turn ratios {a_i_turn:.2}\n      \
+                 diagnostic: (a) / (i*) = {a_is:.2} (per turn {a_is_turn:.2}); redb alone with \
+                 the store's entries, (i*) / (i) = {is_i:.2} (per turn {is_i_turn:.2})"
+            ),
+        });
+        let (b_a, b_a_turn) = s.ratio(Kind::B, Kind::A);
+        let (bs_is, bs_is_turn) = s.ratio(Kind::BStar, Kind::IStar);
+        let (b_bs, b_bs_turn) = s.ratio(Kind::B, Kind::BStar);
+        checks.push(Check {
+            name: format!("(b) / (a), both over {} docs", cfg.sync_n),
+            value: b_a,
+            target: 8.0,
+            note: format!(
+                "median of the per-turn ratios {b_a_turn:.2}\n      \
+                 diagnostic: redb alone with the store's entries, (b*) / (i*) = {bs_is:.2} (per \
+                 turn {bs_is_turn:.2}); (b) / (b*) = {b_bs:.2} (per turn {b_bs_turn:.2})"
+            ),
+        });
+        a_rate = Some(s.totals[&Kind::A].rate());
+    }
 
-        if !rounds.is_empty() {
-            let ratios = |f: &dyn Fn(&Round) -> f64| -> (f64, String) {
-                let v: Vec<f64> = rounds.iter().map(f).collect();
-                let listed: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
-                (median(v), listed.join(", "))
-            };
-            let med = |f: &dyn Fn(&Round) -> f64| median(rounds.iter().map(f).collect());
-            let med_i = med(&|r| r.i.rate());
-            let med_a = med(&|r| r.a.rate());
-            let (a_i, a_i_list) = ratios(&|r| r.a.rate() / r.i.rate());
-            let (a_is, a_is_list) = ratios(&|r| r.a.rate() / r.i_star.rate());
-            let (is_i, _) = ratios(&|r| r.i_star.rate() / r.i.rate());
-            checks.push(Check {
-                name: "(a) / (i), median of adjacent pairs".into(),
-                value: a_i,
-                target: 0.80,
-                note: format!(
-                    "pairs [{a_i_list}]; ratio of medians {:.2} ({med_a:.0} / {med_i:.0} writes/s)\n      \
-                     diagnostic: (a) / (i*) [{a_is_list}], median {a_is:.2}; \
-                     redb alone (i*) / (i) = {is_i:.2}",
-                    med_a / med_i,
-                ),
-            });
-            let (b_a, b_a_list) = ratios(&|r| r.b.rate() / r.a.rate());
-            let (bs_is, bs_is_list) = ratios(&|r| r.b_star.rate() / r.i_star.rate());
-            let (b_bs, _) = ratios(&|r| r.b.rate() / r.b_star.rate());
-            let n = cfg.sync_n;
-            checks.push(Check {
-                name: format!("(b) / (a), both over {n} docs, adjacent"),
-                value: b_a,
+    if cfg.runs("b") {
+        println!("  -- session: (b) full size, {} docs --", cfg.conc_n);
+        let kinds = [Kind::B, Kind::BStar];
+        let (s, files) = actix_rt::System::new().block_on(async {
+            let mut s = Session::open(&kinds)?;
+            s.run(&data, cfg.conc_n, cfg.conc_chunk).await?;
+            let files = s.close(cfg.conc_n).await?;
+            Ok::<_, anyhow::Error>((s, files))
+        })?;
+        s.print();
+        print_sizes(&files);
+        drop(files);
+        let b = s.totals[&Kind::B].rate();
+        let (b_bs, b_bs_turn) = s.ratio(Kind::B, Kind::BStar);
+        match a_rate {
+            Some(a) => checks.push(Check {
+                name: format!("(b) over {} docs / (a) over {}", cfg.conc_n, cfg.sync_n),
+                value: b / a,
                 target: 8.0,
                 note: format!(
-                    "rounds [{b_a_list}]\n      \
-                     diagnostic: redb alone (b*) / (i*) = [{bs_is_list}], median {bs_is:.2}; \
-                     (b) / (b*) = {b_bs:.2}"
+                    "{b:.0} / {a:.0} docs/s, not interleaved, on files of different sizes\n      \
+                     diagnostic: (b) / (b*) = {b_bs:.2} (per turn {b_bs_turn:.2})"
                 ),
-            });
-            if let Some((b, b_star)) = &b_runs {
-                let k = cfg.sync_rounds;
-                let around = (rounds[k - 1].a.rate() + rounds[k].a.rate()) / 2.0;
-                checks.push(Check {
-                    name: format!("(b) over {} docs / median (a)", cfg.conc_n),
-                    value: b.rate() / med_a,
-                    target: 8.0,
-                    note: format!(
-                        "{:.0} / {med_a:.0} docs/s; against the two (a) around (b): {:.2}\n      \
-                         diagnostic: (b) / (b*) over {} docs = {:.2}",
-                        b.rate(),
-                        b.rate() / around,
-                        cfg.conc_n,
-                        b.rate() / b_star.rate(),
-                    ),
-                });
-            }
-        } else if b_runs.is_some() {
-            println!("      (b) alone: run `sync` too for the (b) / (a) ratio");
+            }),
+            None => println!("      (b) / (b*) = {b_bs:.2}; run `sync` too for (b) / (a)"),
         }
     }
 
-    // Bulk: (ii), (c), (ii) again, then reads.
-    if cfg.runs("bulk") || cfg.runs("reads") {
-        let (ii_dir, ii_path) = {
-            let d = tempdir()?;
-            let p = d.path().join("raw.redb");
-            (d, p)
-        };
-        let (_, ii1) = raw_bulk(
-            &ii_path,
-            bulk,
-            BATCH,
-            format!("(ii) redb direct, store's entries, {BATCH} docs/txn"),
-        )?;
-        ii1.print();
-        let ii_size = std::fs::metadata(&ii_path)?.len();
-        drop(ii_dir);
-
-        let c_dir = tempdir()?;
-        let batches: Vec<Vec<WriteOp>> = split[..cfg.n]
-            .chunks(BATCH)
-            .map(|c| c.iter().cloned().map(WriteOp::Edit).collect())
-            .collect();
-        drop(split);
+    if cfg.runs("bulk") {
+        println!("  -- session: bulk, {} docs --", cfg.n);
+        let kinds = [Kind::II, Kind::C];
         let mut rng = Rng(42);
         let picks: Vec<usize> = (0..cfg.reads).map(|_| rng.below(cfg.n)).collect();
-        let c = actor_bulk(c_dir.path(), batches, &ids, &picks)?;
-        c.write.print();
-        println!(
-            "      file sizes: (c) {:.1} MB, (ii) {:.1} MB",
-            c.size_bytes as f64 / (1024.0 * 1024.0),
-            ii_size as f64 / (1024.0 * 1024.0)
-        );
-        let store_file = c_dir.path().join("bench.redb");
-        match check_same_entries(&store_file, bulk) {
+        let (s, reads, files) = actix_rt::System::new().block_on(async {
+            let mut s = Session::open(&kinds)?;
+            s.run(&data, cfg.n, BATCH).await?;
+            let (h, store) = s.barrel(Kind::C)?;
+            let opts = GetOptions::default();
+            let handle_reads = time_reads(
+                "reads: BarrelHandle::get, random ids, 1 thread",
+                &picks,
+                |p| Ok(h.get(&ids[p], &opts)?.body.len()),
+            )?;
+            let store_reads = time_reads("reads: Store::get, random ids, 1 thread", &picks, |p| {
+                Ok(store.get(&ids[p], &opts)?.body.len())
+            })?;
+            let [plain, decoded] = raw_reads(s.raw(Kind::II)?, bulk, &picks)?;
+            let files = s.close(cfg.n).await?;
+            Ok::<_, anyhow::Error>((s, [handle_reads, store_reads, plain, decoded], files))
+        })?;
+        s.print();
+        print_sizes(&files);
+        match check_same_entries(&files[&Kind::C].1, bulk) {
             Ok(()) => {
                 println!("      checked: the store's file holds exactly the entries (ii) writes")
             }
             Err(e) => println!("      WARNING: the store's file differs from (ii): {e:#}"),
         }
-        drop(c_dir);
-
-        let ii_dir2 = tempdir()?;
-        let (ii_db, ii2) = raw_bulk(
-            &ii_dir2.path().join("raw.redb"),
-            bulk,
-            BATCH,
-            format!("(ii) redb direct, store's entries, {BATCH} docs/txn (again)"),
-        )?;
-        ii2.print();
-        let ii_rate = (ii1.rate() + ii2.rate()) / 2.0;
-        if cfg.runs("bulk") {
-            checks.push(Check {
-                name: "(c) / (ii), (ii) = mean of the runs around (c)".into(),
-                value: c.write.rate() / ii_rate,
-                target: 0.70,
-                note: format!("{:.0} / {:.0} docs/s", c.write.rate(), ii_rate),
-            });
+        drop(files);
+        for r in &reads {
+            r.print();
         }
-
-        c.handle_reads.print();
-        c.store_reads.print();
-        let [plain, decoded] = raw_reads(&ii_db, bulk, &picks)?;
-        plain.print();
-        decoded.print();
-        drop(ii_db);
-        drop(ii_dir2);
+        let (c_ii, c_ii_turn) = s.ratio(Kind::C, Kind::II);
+        checks.push(Check {
+            name: "(c) / (ii)".into(),
+            value: c_ii,
+            target: 0.70,
+            note: format!(
+                "{:.0} / {:.0} docs/s; median of the per-turn ratios {c_ii_turn:.2}",
+                s.totals[&Kind::C].rate(),
+                s.totals[&Kind::II].rate()
+            ),
+        });
+        let [handle_reads, _, plain, decoded] = &reads;
         checks.push(Check {
             name: "reads/s, BarrelHandle::get, 1 thread".into(),
-            value: c.handle_reads.rate(),
+            value: handle_reads.rate(),
             target: 100_000.0,
             note: format!(
                 "{:.0}% of redb direct without decoding, {:.0}% of redb direct + decoding",
-                100.0 * c.handle_reads.rate() / plain.rate(),
-                100.0 * c.handle_reads.rate() / decoded.rate()
+                100.0 * handle_reads.rate() / plain.rate(),
+                100.0 * handle_reads.rate() / decoded.rate()
             ),
         });
     }
@@ -1080,9 +1176,8 @@ fn main() -> anyhow::Result<()> {
     let mut summary: BTreeMap<&str, usize> = BTreeMap::new();
     for c in &checks {
         let pass = c.value >= c.target;
-        *summary
-            .entry(if pass { "PASS" } else { "FAIL" })
-            .or_default() += 1;
+        let result = if pass { "PASS" } else { "FAIL" };
+        *summary.entry(result).or_default() += 1;
         let fmt = |v: f64| {
             if c.target >= 1000.0 {
                 format!("{v:.0}")
@@ -1091,11 +1186,10 @@ fn main() -> anyhow::Result<()> {
             }
         };
         println!(
-            "  {:<48} {:>10} {:>10}  {}",
+            "  {:<48} {:>10} {:>10}  {result}",
             c.name,
             fmt(c.value),
             format!(">= {}", fmt(c.target)),
-            if pass { "PASS" } else { "FAIL" }
         );
         println!("      {}", c.note);
     }
