@@ -447,6 +447,7 @@ pub struct ChangesParams {
 }
 
 /// What a `_changes` request asks for.
+#[derive(Clone)]
 struct Changes {
     since: u64,
     limit: usize,
@@ -672,7 +673,7 @@ async fn live(
             &b,
             &Changes {
                 limit: c.limit - sent,
-                ..clone_changes(&c)
+                ..c.clone()
             },
             since,
         ) {
@@ -750,19 +751,6 @@ async fn live(
                 _ = stopping.wait_for(|s| *s) => return,
             }
         }
-    }
-}
-
-fn clone_changes(c: &Changes) -> Changes {
-    Changes {
-        since: c.since,
-        limit: c.limit,
-        all_docs: c.all_docs,
-        include_docs: c.include_docs,
-        attachments: c.attachments,
-        doc_ids: c.doc_ids.clone(),
-        heartbeat: c.heartbeat,
-        timeout: c.timeout,
     }
 }
 
