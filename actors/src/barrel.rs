@@ -21,6 +21,7 @@ use cooper_protocols::ids::{BarrelName, Rev};
 use serde_json::Value;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+pub mod runs;
 pub mod store;
 
 pub use store::DocumentChanged;
@@ -218,7 +219,34 @@ fn writer_loop(
     mut rx: mpsc::Receiver<WriteJob>,
     events: &broadcast::Sender<Arc<DocumentChanged>>,
 ) {
-    while let Some(first) = rx.blocking_recv() {
+    // A small runtime of the writer thread's own, to wait for work with a timeout.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(barrel = %name, error = %e, "cannot start the writer's timer");
+            return;
+        }
+    };
+    loop {
+        let first = if store.needs_checkpoint() {
+            let wait = async { tokio::time::timeout(store::CHECKPOINT_INTERVAL, rx.recv()).await };
+            match rt.block_on(wait) {
+                Ok(job) => job,
+                Err(_) => {
+                    // Idle: make the barrel file durable and trim the write-ahead log.
+                    if let Err(e) = store.checkpoint() {
+                        tracing::warn!(barrel = %name, error = %e, "checkpoint failed");
+                    }
+                    continue;
+                }
+            }
+        } else {
+            rx.blocking_recv()
+        };
+        let Some(first) = first else { break };
         let mut count = first.ops.len();
         let mut jobs = vec![first];
         while count < MAX_BATCH_OPS {
@@ -271,6 +299,11 @@ fn writer_loop(
                     )));
                 }
             }
+        }
+    }
+    if let Err(e) = store.checkpoint() {
+        if !matches!(e, BarrelError::Closed) {
+            tracing::warn!(barrel = %name, error = %e, "checkpoint at stop failed");
         }
     }
 }

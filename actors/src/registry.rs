@@ -294,10 +294,13 @@ impl Handler<DeleteBarrel> for Registry {
                 let _ = h.hub().send(EndSubscriptions).await;
                 let _ = h.addr().send(Close).await;
             }
-            match std::fs::remove_file(&file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                _ => Ok(()),
+            for f in [crate::barrel::store::Store::wal_path(&file), file] {
+                match std::fs::remove_file(&f) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                    _ => {}
+                }
             }
+            Ok(())
         })
     }
 }

@@ -692,3 +692,87 @@ fn the_feed_remembers_the_topics_a_document_left() {
     );
     assert_eq!(row.matching_topics(None, |t| t == "status/none"), None);
 }
+
+/// The files as a `kill -9` leaves them: copied while the store is open, between checkpoints.
+#[test]
+fn the_write_ahead_log_restores_writes_the_barrel_file_does_not_hold_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    // One transaction with every kind of write: a replay must give the same documents,
+    // revisions, conflicts, attachments, local documents, seqs and index.
+    let mut ops = Vec::new();
+    for i in 0..50 {
+        ops.push(WriteOp::Edit(
+            split(json!({"_id": format!("d{i:02}"), "n": i, "tags": ["a", i.to_string()]}))
+                .unwrap(),
+        ));
+    }
+    ops.push(WriteOp::Edit(split(json!({"generated": true})).unwrap()));
+    ops.push(WriteOp::PutLocal {
+        id: "_local/cp".into(),
+        rev: None,
+        deleted: false,
+        body: json!({"seq": 7}).as_object().unwrap().clone(),
+    });
+    let (results, _) = s.apply(ops).unwrap();
+    let generated = results[50].as_ref().unwrap().id.clone();
+    let r0 = results[0].as_ref().unwrap().rev.clone();
+    let r1 = edit(&s, json!({"_id": "d00", "_rev": r0, "n": 100}))
+        .unwrap()
+        .rev;
+    edit(&s, json!({"_id": "d00", "_rev": r1, "n": 101})).unwrap();
+    replicate(
+        &s,
+        json!({"_id": "d01", "_rev": format!("2-{}", h('f')), "_revisions": {"start": 2, "ids": [h('f'), h('e')]}, "n": -1}),
+    )
+    .unwrap();
+    s.apply(vec![WriteOp::PutAttachment {
+        id: "d02".into(),
+        rev: Some(rev(get(&s, "d02").unwrap()["_rev"].as_str().unwrap())),
+        name: "a.bin".into(),
+        content_type: "application/octet-stream".into(),
+        data: vec![0, 1, 2, 255],
+    }])
+    .unwrap();
+    let before: Vec<Value> = ["d00", "d01", "d02", "d49", generated.as_str()]
+        .iter()
+        .map(|id| get(&s, id).unwrap())
+        .collect();
+    let counts = s.counts().unwrap();
+
+    let copy = tempfile::tempdir().unwrap();
+    for f in ["b.redb", "b.redb.wal"] {
+        std::fs::copy(dir.path().join(f), copy.path().join(f)).unwrap();
+    }
+    // Without its log, the copied file is behind: the test exercises the replay.
+    let bare = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.path().join("b.redb"), bare.path().join("b.redb")).unwrap();
+    assert!(open(bare.path()).counts().unwrap().update_seq < counts.update_seq);
+
+    let r = open(copy.path());
+    let after: Vec<Value> = ["d00", "d01", "d02", "d49", generated.as_str()]
+        .iter()
+        .map(|id| get(&r, id).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    let rc = r.counts().unwrap();
+    assert_eq!(
+        (rc.doc_count, rc.deleted_count, rc.update_seq),
+        (counts.doc_count, counts.deleted_count, counts.update_seq)
+    );
+    assert_eq!(r.get_local("_local/cp").unwrap().1, 1);
+    assert_eq!(
+        r.get_attachment("d02", "a.bin", None).unwrap().1,
+        vec![0, 1, 2, 255]
+    );
+    assert_eq!(ids(&r, &[("/tags/*", Op::Eq(json!("7")))], None), ["d07"]);
+    assert_eq!(ids(&r, &[("/n", Op::Eq(json!(101)))], None), ["d00"]);
+    assert_eq!(
+        r.changes(0, 1000).unwrap().len(),
+        s.changes(0, 1000).unwrap().len()
+    );
+    // The replay was checkpointed: a second open has nothing to apply and the same data.
+    drop(r);
+    let again = open(copy.path());
+    assert_eq!(get(&again, "d00").unwrap(), before[0]);
+}

@@ -5,6 +5,7 @@
 //! `_attachments`, `_conflicts` (ignored on input, as CouchDB does) and `_revisions`; any
 //! other `_` member is refused. Everything else is the user's and is kept as given.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::ids::{validate_doc_id, IdError, Rev};
@@ -41,8 +42,8 @@ pub enum DocumentError {
     TooDeep(usize),
 }
 
-/// An incoming document, split.
-#[derive(Debug, Clone, Default, PartialEq)]
+/// An incoming document, split. Serializable, so that a barrel's write-ahead log can keep it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct IncomingDoc {
     /// `_id`, validated, if present.
     pub id: Option<String>,

@@ -9,7 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -51,11 +52,21 @@ const SCHEMA_VERSION_KEY: &str = "schema_version";
 const UPDATE_SEQ_KEY: &str = "update_seq";
 const DOC_COUNT_KEY: &str = "doc_count";
 const DELETED_COUNT_KEY: &str = "deleted_count";
+/// The last write-ahead log record whose writes this file holds.
+const APPLIED_LSN_KEY: &str = "applied_lsn";
+
+/// The write-ahead log (`<barrel file>.wal`, a redb file of its own): log sequence number →
+/// one group commit's successful writes (see [`encode_record`]).
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Log bytes after which the barrel file is made durable and the log trimmed.
+const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Longest time the barrel file stays behind its log while writes come in.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The schema this code writes. Version 1 had no path index; 2 added it; 3 indexes empty
 /// arrays and objects too; 4 keeps, in the changes feed, the topics a document had before its
-/// latest change.
-pub const SCHEMA_VERSION: u64 = 4;
+/// latest change; 5 has a write-ahead log beside the file (older code would ignore it).
+pub const SCHEMA_VERSION: u64 = 5;
 
 /// Most earlier topics a feed entry keeps; past that it matches every filter.
 const MAX_EARLIER_TOPICS: usize = 256;
@@ -126,6 +137,34 @@ impl AttachmentMeta {
             "revpos": self.revpos,
             "stub": true,
         })
+    }
+}
+
+/// A `Vec<u8>` as one CBOR byte string (not an array of integers).
+mod byte_vec {
+    use std::fmt;
+
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+        }
+        d.deserialize_byte_buf(V)
     }
 }
 
@@ -281,8 +320,8 @@ pub enum OpenRev {
     Missing(Rev),
 }
 
-/// One write, as the barrel receives it.
-#[derive(Debug, Clone)]
+/// One write, as the barrel receives it (and as its write-ahead log keeps it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WriteOp {
     /// A new edit (`new_edits=true`): creates, updates or (with `deleted`) deletes. The id is
     /// generated when missing.
@@ -301,6 +340,7 @@ pub enum WriteOp {
         /// MIME type.
         content_type: String,
         /// The content.
+        #[serde(with = "byte_vec")]
         data: Vec<u8>,
     },
     /// Removes one attachment, making a new revision from `rev`.
@@ -501,21 +541,250 @@ pub struct Store {
     /// `None` once closed: handles that outlive the barrel then get `Closed`, and the file is
     /// released at once rather than when the last handle drops.
     db: RwLock<Option<Database>>,
+    /// The write-ahead log; only the writer (and `close`) takes it.
+    wal: Mutex<Option<Wal>>,
     path: PathBuf,
     options: StoreOptions,
+}
+
+/// The write-ahead log of a store and its checkpoint state.
+///
+/// A group commit applies its writes to the barrel file in a transaction, appends them to the
+/// log and commits the log with `Durability::Immediate` (the acknowledgement point), then
+/// commits the barrel file's transaction without an fsync (`Durability::None`): readers see
+/// it at once, and the pages it dirtied stay in memory, where later commits to the same pages
+/// coalesce. At a *checkpoint* (every [`CHECKPOINT_INTERVAL`] under load, after a second of
+/// idleness, at close, or after [`CHECKPOINT_BYTES`] of log) the barrel file's commit is made
+/// durable, and the log records it holds are trimmed. On open, the records past the file's
+/// `applied_lsn` are applied again, in order, by the same code (generated ids are fixed before
+/// logging, so replay is deterministic): a `kill -9` loses no acknowledged write.
+#[derive(Debug)]
+struct Wal {
+    log: LogThread,
+    next_lsn: u64,
+    /// Records up to this one are in the durable barrel file and can be dropped.
+    trim_upto: Option<u64>,
+    last_checkpoint: Instant,
+    bytes_since_checkpoint: u64,
+    /// The barrel file has commits that are not durable yet.
+    dirty: bool,
+}
+
+/// A command for the log thread, with where to answer.
+struct LogCmd {
+    /// Append this record (`None`: only trim).
+    append: Option<(u64, Vec<u8>)>,
+    /// Drop the records up to this one first.
+    trim_upto: Option<u64>,
+    done: std::sync::mpsc::SyncSender<Result<(), BarrelError>>,
+}
+
+/// The thread that commits the write-ahead log, so that a group commit's fsync runs while
+/// its writes are applied to the barrel file.
+#[derive(Debug)]
+struct LogThread {
+    tx: Option<std::sync::mpsc::SyncSender<LogCmd>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogThread {
+    fn start(db: Database, file: &Path) -> Result<Self, BarrelError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<LogCmd>(1);
+        let name = format!(
+            "wal-{}",
+            file.file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("barrel")
+        );
+        let thread = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                for cmd in rx {
+                    let result = (|| -> Result<(), BarrelError> {
+                        let mut ltx = db.begin_write()?;
+                        ltx.set_durability(Durability::Immediate)?;
+                        {
+                            let mut log = ltx.open_table(LOG)?;
+                            if let Some(upto) = cmd.trim_upto {
+                                log.retain_in(..=upto, |_, _| false)?;
+                            }
+                            if let Some((lsn, record)) = &cmd.append {
+                                log.insert(*lsn, record.as_slice())?;
+                            }
+                        }
+                        ltx.commit()?;
+                        Ok(())
+                    })();
+                    let _ = cmd.done.send(result);
+                }
+            })
+            .map_err(|e| BarrelError::Storage(format!("cannot start the log thread: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Starts a log commit; the receiver answers when it is durable.
+    fn submit(
+        &self,
+        append: Option<(u64, Vec<u8>)>,
+        trim_upto: Option<u64>,
+    ) -> Result<std::sync::mpsc::Receiver<Result<(), BarrelError>>, BarrelError> {
+        let (done, rx) = std::sync::mpsc::sync_channel(1);
+        let cmd = LogCmd {
+            append,
+            trim_upto,
+            done,
+        };
+        self.tx
+            .as_ref()
+            .ok_or(BarrelError::Closed)?
+            .send(cmd)
+            .map_err(|_| BarrelError::Storage("the log thread stopped".into()))?;
+        Ok(rx)
+    }
+}
+
+fn wait_log(rx: std::sync::mpsc::Receiver<Result<(), BarrelError>>) -> Result<(), BarrelError> {
+    rx.recv()
+        .map_err(|_| BarrelError::Storage("the log thread stopped".into()))?
+}
+
+impl Drop for LogThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`, migrating an older schema forward.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, BarrelError> {
         let db = Database::create(path)?;
+        let wal_path = Self::wal_path(path);
+        let log = Database::create(&wal_path)?;
+        let (next_lsn, pending) = Self::read_log(&db, &log)?;
         let store = Self {
             db: RwLock::new(Some(db)),
+            wal: Mutex::new(Some(Wal {
+                log: LogThread::start(log, path)?,
+                next_lsn,
+                trim_upto: None,
+                last_checkpoint: Instant::now(),
+                bytes_since_checkpoint: 0,
+                dirty: false,
+            })),
             path: path.to_owned(),
             options,
         };
         store.migrate()?;
+        store.recover(pending)?;
         Ok(store)
+    }
+
+    /// The write-ahead log file of the barrel file at `path`.
+    pub fn wal_path(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".wal");
+        PathBuf::from(p)
+    }
+
+    /// The next log sequence number, and the records past the barrel file's `applied_lsn`.
+    #[allow(clippy::type_complexity)]
+    fn read_log(db: &Database, log: &Database) -> Result<(u64, Vec<(u64, Vec<u8>)>), BarrelError> {
+        let applied = {
+            let txn = db.begin_read()?;
+            match txn.open_table(META) {
+                Ok(meta) => meta.get(APPLIED_LSN_KEY)?.map_or(0, |g| g.value()),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let txn = log.begin_read()?;
+        let table = match txn.open_table(LOG) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((applied + 1, Vec::new())),
+            Err(e) => return Err(e.into()),
+        };
+        let last = table.last()?.map_or(0, |(k, _)| k.value());
+        let mut pending = Vec::new();
+        for entry in table.range(applied + 1..)? {
+            let (lsn, raw) = entry?;
+            pending.push((lsn.value(), raw.value().to_vec()));
+        }
+        Ok((last.max(applied) + 1, pending))
+    }
+
+    /// Applies the log records the barrel file does not hold yet (after a crash), makes the
+    /// file durable and trims the log.
+    fn recover(&self, pending: Vec<(u64, Vec<u8>)>) -> Result<(), BarrelError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_ref().ok_or(BarrelError::Closed)?;
+        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
+        let replayed = pending.len();
+        for (lsn, raw) in pending {
+            let (seq_before, ops) = decode_record(&raw)?;
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            {
+                let mut w = Writer::open(&txn, &self.options)?;
+                if w.seq != seq_before {
+                    tracing::warn!(file = %self.path.display(), lsn, seq = w.seq, expected = seq_before,
+                        "a write-ahead log record replays at another seq than it was written at");
+                }
+                for op in ops {
+                    // Failed writes are logged too (the log is written before they are
+                    // applied); they fail again, the same way.
+                    let _ = w.apply(op);
+                }
+                w.applied_lsn = Some(lsn);
+                w.finish()?;
+            }
+            txn.commit()?;
+            wal.dirty = true;
+        }
+        if replayed > 0 {
+            tracing::info!(file = %self.path.display(), records = replayed, "replayed the write-ahead log");
+        }
+        Self::checkpoint_locked(db, wal)
+    }
+
+    /// Makes the barrel file durable and trims the log, if the file is behind it.
+    pub fn checkpoint(&self) -> Result<(), BarrelError> {
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_ref().ok_or(BarrelError::Closed)?;
+        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
+        Self::checkpoint_locked(db, wal)
+    }
+
+    /// Whether the barrel file has commits that are not durable yet (the writer checkpoints
+    /// it when idle).
+    pub fn needs_checkpoint(&self) -> bool {
+        let guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        guard
+            .as_ref()
+            .is_some_and(|w| w.dirty || w.trim_upto.is_some())
+    }
+
+    fn checkpoint_locked(db: &Database, wal: &mut Wal) -> Result<(), BarrelError> {
+        if wal.dirty {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            txn.commit()?;
+            wal.dirty = false;
+            wal.trim_upto = Some(wal.next_lsn - 1);
+        }
+        if let Some(upto) = wal.trim_upto.take() {
+            wait_log(wal.log.submit(None, Some(upto))?)?;
+        }
+        wal.last_checkpoint = Instant::now();
+        wal.bytes_since_checkpoint = 0;
+        Ok(())
     }
 
     /// The file of this store.
@@ -525,8 +794,15 @@ impl Store {
 
     /// Closes the file after the transaction in flight; later calls get `Closed`.
     pub fn close(&self) {
+        if let Err(e) = self.checkpoint() {
+            if !matches!(e, BarrelError::Closed) {
+                tracing::warn!(file = %self.path.display(), error = %e,
+                    "checkpoint at close failed; the write-ahead log is replayed at the next open");
+            }
+        }
         let mut db = self.db.write().unwrap_or_else(|e| e.into_inner());
         *db = None;
+        *self.wal.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn read(&self) -> Result<ReadTransaction, BarrelError> {
@@ -578,18 +854,59 @@ impl Store {
     /// Returns the results and the changes to publish.
     pub fn apply(
         &self,
-        ops: Vec<WriteOp>,
+        mut ops: Vec<WriteOp>,
     ) -> Result<(Vec<Result<WriteResult, BarrelError>>, Changes), BarrelError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let mut txn = db.as_ref().ok_or(BarrelError::Closed)?.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        let db = db.as_ref().ok_or(BarrelError::Closed)?;
+        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
+        // Fix generated ids first: the log must replay to the same documents.
+        for op in &mut ops {
+            if let WriteOp::Edit(doc) = op {
+                if doc.id.is_none() {
+                    doc.id = Some(new_doc_id()?);
+                }
+            }
+        }
+        let lsn = wal.next_lsn;
+        let mut txn = db.begin_write()?;
         let (results, changes) = {
             let mut w = Writer::open(&txn, &self.options)?;
+            // The log gets the writes as requested, and commits (the fsync) while they are
+            // applied here; replay reproduces the same results, failures included.
+            let record = encode_record(w.seq, ops.iter().map(encode_op));
+            wal.bytes_since_checkpoint += record.len() as u64;
+            let logged = wal.log.submit(Some((lsn, record)), wal.trim_upto.take())?;
+            wal.next_lsn = lsn + 1;
             let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
-            w.finish()?;
+            w.applied_lsn = Some(lsn);
+            let finished = w.finish();
+            // The acknowledgement point: the log record is durable.
+            wait_log(logged)?;
+            finished?;
             (results, w.changes)
         };
-        txn.commit()?;
+        let checkpoint = wal.bytes_since_checkpoint >= CHECKPOINT_BYTES
+            || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
+        txn.set_durability(if checkpoint {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        if let Err(e) = txn.commit() {
+            // The log holds the writes; the next open applies them.
+            tracing::error!(file = %self.path.display(), error = %e,
+                "commit after the write-ahead log failed; reopen the barrel to apply the log");
+            return Err(e.into());
+        }
+        if checkpoint {
+            wal.dirty = false;
+            wal.trim_upto = Some(lsn);
+            wal.last_checkpoint = Instant::now();
+            wal.bytes_since_checkpoint = 0;
+        } else {
+            wal.dirty = true;
+        }
         Ok((results, changes))
     }
 
@@ -818,7 +1135,10 @@ impl Store {
             doc_count: get(DOC_COUNT_KEY)?,
             deleted_count: get(DELETED_COUNT_KEY)?,
             update_seq: get(UPDATE_SEQ_KEY)?,
-            size_bytes: std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0),
+            size_bytes: [self.path.clone(), Self::wal_path(&self.path)]
+                .iter()
+                .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+                .sum(),
         })
     }
 
@@ -1089,7 +1409,13 @@ const MIGRATIONS: &[Migration] = &[
     rebuild_path_index,
     rebuild_path_index,
     feed_with_earlier_topics,
+    write_ahead_log,
 ];
+
+/// Schema 5 adds the write-ahead log beside the file; nothing in the file changes.
+fn write_ahead_log(_txn: &WriteTransaction) -> Result<(), BarrelError> {
+    Ok(())
+}
 
 /// Schema 3 kept seq → id; schema 4 keeps the earlier topics with each entry (none known for
 /// the entries written before).
@@ -1119,6 +1445,45 @@ fn encode_feed(e: &FeedEntry) -> Vec<u8> {
 
 fn decode_feed(raw: &[u8]) -> Result<FeedEntry, BarrelError> {
     ciborium::from_reader(raw).map_err(|e| BarrelError::corrupt(format!("feed entry: {e}")))
+}
+
+/// Format byte of a write-ahead log record.
+const RECORD_FORMAT: u8 = 1;
+
+fn encode_op(op: &WriteOp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    ciborium::into_writer(op, &mut out).expect("cbor into a vec");
+    out
+}
+
+/// A log record: format byte, the update seq before the group commit (u64 BE), then each
+/// write as a u32 BE length and its CBOR.
+fn encode_record(seq_before: u64, ops: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = vec![RECORD_FORMAT];
+    out.extend_from_slice(&seq_before.to_be_bytes());
+    for op in ops {
+        out.extend_from_slice(&(op.len() as u32).to_be_bytes());
+        out.extend_from_slice(&op);
+    }
+    out
+}
+
+fn decode_record(raw: &[u8]) -> Result<(u64, Vec<WriteOp>), BarrelError> {
+    let bad = |what: &str| BarrelError::corrupt(format!("write-ahead log record: {what}"));
+    let [RECORD_FORMAT, rest @ ..] = raw else {
+        return Err(bad("unknown format"));
+    };
+    let (seq, mut rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
+    let seq_before = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+    let mut ops = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_at_checked(4).ok_or_else(|| bad("truncated"))?;
+        let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+        let (op, tail) = tail.split_at_checked(len).ok_or_else(|| bad("truncated"))?;
+        ops.push(ciborium::from_reader(op).map_err(|e| bad(&e.to_string()))?);
+        rest = tail;
+    }
+    Ok((seq_before, ops))
 }
 
 /// Schema 1 had no path index, schema 2 one without empty containers: (re)build it from the
@@ -1274,6 +1639,8 @@ struct Writer<'t> {
     seq: u64,
     doc_count: u64,
     deleted_count: u64,
+    /// The log record this transaction applies, if any.
+    applied_lsn: Option<u64>,
     changes: Vec<DocumentChanged>,
 }
 
@@ -1304,6 +1671,7 @@ impl<'t> Writer<'t> {
             seq,
             doc_count,
             deleted_count,
+            applied_lsn: None,
             changes: Vec::new(),
         })
     }
@@ -1312,6 +1680,9 @@ impl<'t> Writer<'t> {
         self.meta.insert(UPDATE_SEQ_KEY, self.seq)?;
         self.meta.insert(DOC_COUNT_KEY, self.doc_count)?;
         self.meta.insert(DELETED_COUNT_KEY, self.deleted_count)?;
+        if let Some(lsn) = self.applied_lsn {
+            self.meta.insert(APPLIED_LSN_KEY, lsn)?;
+        }
         Ok(())
     }
 
