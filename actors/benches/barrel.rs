@@ -43,12 +43,14 @@
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::ops::Bound;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context as _};
+use cooper_actors::barrel::runs::{self, RunView, RunWriter};
 use cooper_actors::barrel::store::{GetOptions, Store, StoreOptions, WriteOp};
 use cooper_actors::barrel::{Barrel, BarrelHandle, Close};
 use cooper_protocols::document::{self, IncomingDoc};
@@ -64,7 +66,6 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");
 const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
-const PATHS: TableDefinition<&[u8], ()> = TableDefinition::new("paths");
 
 /// The store's per-value format byte.
 const FORMAT: u8 = 1;
@@ -421,13 +422,13 @@ struct Entries {
     body: Vec<u8>,
     /// `feed` value: CBOR of the feed entry (no earlier topics for a new document).
     feed: Vec<u8>,
-    /// `paths` keys.
+    /// Path index keys (one run per transaction, see `cooper_actors::barrel::runs`).
     index: Vec<Vec<u8>>,
 }
 
 impl Entries {
     fn bytes(&self) -> usize {
-        // docs + bodies + feed (u64 key) + paths
+        // docs + bodies + feed (u64 key) + index keys
         self.id.len()
             + self.info.len()
             + self.body_key.len()
@@ -510,21 +511,21 @@ fn write_entries(
     first_seq: u64,
 ) -> anyhow::Result<()> {
     let mut seq = first_seq;
-    for chunk in entries.chunks(batch) {
+    for (lsn, chunk) in entries.chunks(batch).enumerate() {
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
+        let mut index = RunWriter::new();
         {
             let mut meta = txn.open_table(META)?;
             let mut docs = txn.open_table(DOCS)?;
             let mut bodies = txn.open_table(BODIES)?;
             let mut feed = txn.open_table(FEED)?;
-            let mut paths = txn.open_table(PATHS)?;
             for e in chunk {
                 seq += 1;
                 // In the order `Writer::commit_revision` writes them.
                 bodies.insert(e.body_key.as_slice(), e.body.as_slice())?;
                 for k in &e.index {
-                    paths.insert(k.as_slice(), ())?;
+                    index.put(k.clone());
                 }
                 feed.insert(seq, e.feed.as_slice())?;
                 docs.insert(e.id.as_str(), e.info.as_slice())?;
@@ -532,7 +533,9 @@ fn write_entries(
             meta.insert("update_seq", seq)?;
             meta.insert("doc_count", seq)?;
             meta.insert("deleted_count", 0)?;
+            meta.insert("applied_lsn", lsn as u64 + 1)?;
         }
+        index.finish(&txn)?;
         txn.commit()?;
     }
     Ok(())
@@ -623,7 +626,7 @@ impl Session {
                     txn.open_table(META)?;
                     txn.open_table(BODIES)?;
                     txn.open_table(FEED)?;
-                    txn.open_table(PATHS)?;
+                    runs::create_tables(&txn)?;
                 }
                 txn.commit()?;
                 Target::Raw(db)
@@ -809,7 +812,14 @@ fn print_sizes(files: &BTreeMap<Kind, (tempfile::TempDir, PathBuf, u64)>) {
 fn check_same_entries(store_file: &Path, entries: &[Entries]) -> anyhow::Result<()> {
     let db = Database::create(store_file)?;
     let txn = db.begin_read()?;
-    let mirrored = ["meta", "docs", "bodies", "feed", "paths"];
+    let mirrored = [
+        "meta",
+        "docs",
+        "bodies",
+        "feed",
+        "index_runs",
+        "index_run_meta",
+    ];
     for t in txn.list_tables()? {
         let name = redb::TableHandle::name(&t).to_owned();
         if !mirrored.contains(&name.as_str()) {
@@ -823,18 +833,20 @@ fn check_same_entries(store_file: &Path, entries: &[Entries]) -> anyhow::Result<
     let docs = txn.open_table(DOCS)?;
     let bodies = txn.open_table(BODIES)?;
     let feed = txn.open_table(FEED)?;
-    let paths = txn.open_table(PATHS)?;
+    let paths = RunView::open(
+        txn.open_table(runs::RUN_BLOCKS)?,
+        txn.open_table(runs::RUN_META)?,
+    )?;
     let meta = txn.open_table(META)?;
     let n = entries.len() as u64;
     let index: u64 = entries.iter().map(|e| e.index.len() as u64).sum();
     ensure!(docs.len()? == n, "docs: {} rows, expected {n}", docs.len()?);
     ensure!(bodies.len()? == n, "bodies: {} rows", bodies.len()?);
     ensure!(feed.len()? == n, "feed: {} rows", feed.len()?);
-    ensure!(
-        paths.len()? == index,
-        "paths: {} rows, expected {index}",
-        paths.len()?
-    );
+    let live = paths
+        .range(Bound::Unbounded, Bound::Unbounded, false)?
+        .count() as u64;
+    ensure!(live == index, "index: {live} keys, expected {index}");
     for key in ["update_seq", "doc_count"] {
         let v = meta.get(key)?.map(|g| g.value());
         ensure!(v == Some(n), "meta {key}: {v:?}, expected {n}");
@@ -859,7 +871,11 @@ fn check_same_entries(store_file: &Path, entries: &[Entries]) -> anyhow::Result<
             i + 1
         );
         for k in &e.index {
-            ensure!(paths.get(k.as_slice())?.is_some(), "index key missing");
+            let found = paths
+                .range(Bound::Included(k), Bound::Included(k), false)?
+                .next()
+                .transpose()?;
+            ensure!(found.as_ref() == Some(k), "index key missing");
         }
     }
     Ok(())

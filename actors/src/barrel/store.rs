@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::runs::{self, RunView, RunWriter};
 use crate::error::BarrelError;
 
 /// `meta`: schema version, update seq and document counts.
@@ -41,7 +42,8 @@ const BODIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("bodies");
 const FEED: TableDefinition<u64, &[u8]> = TableDefinition::new("feed");
 /// Schema 3's `changes`: seq → id (replaced by `feed`).
 const CHANGES_V3: TableDefinition<u64, &str> = TableDefinition::new("changes");
-/// `paths`: path index key (see `cooper_protocols::path`) → ().
+/// `paths`: path index key (see `cooper_protocols::path`) → (); schemas 2–4 only (schema 5
+/// keeps the index in runs, see [`runs`]).
 const PATHS: TableDefinition<&[u8], ()> = TableDefinition::new("paths");
 /// `attachments`: SHA-256 of the content → content.
 const ATTACHMENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("attachments");
@@ -65,7 +67,8 @@ pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// The schema this code writes. Version 1 had no path index; 2 added it; 3 indexes empty
 /// arrays and objects too; 4 keeps, in the changes feed, the topics a document had before its
-/// latest change; 5 has a write-ahead log beside the file (older code would ignore it).
+/// latest change; 5 has a write-ahead log beside the file (older code would ignore it) and keeps
+/// the path index in runs (see [`runs`]) instead of one `paths` table.
 pub const SCHEMA_VERSION: u64 = 5;
 
 /// Most earlier topics a feed entry keeps; past that it matches every filter.
@@ -825,7 +828,7 @@ impl Store {
         txn.open_table(DOCS)?;
         txn.open_table(BODIES)?;
         txn.open_table(FEED)?;
-        txn.open_table(PATHS)?;
+        runs::create_tables(&txn)?;
         txn.open_table(ATTACHMENTS)?;
         txn.open_table(LOCAL)?;
         match found {
@@ -1186,7 +1189,10 @@ impl Store {
         let txn = self.read()?;
         let docs = txn.open_table(DOCS)?;
         let bodies = txn.open_table(BODIES)?;
-        let paths = txn.open_table(PATHS)?;
+        let paths = RunView::open(
+            txn.open_table(runs::RUN_BLOCKS)?,
+            txn.open_table(runs::RUN_META)?,
+        )?;
         let plan = plan(query, &paths)?;
         let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let mut out = Vec::new();
@@ -1243,15 +1249,9 @@ impl Store {
                     if lo_hi_empty(&lo, &hi) {
                         continue;
                     }
-                    let range = paths.range::<&[u8]>((as_slice_bound(&lo), as_slice_bound(&hi)))?;
-                    let iter: Box<dyn Iterator<Item = _>> = if *desc {
-                        Box::new(range.rev())
-                    } else {
-                        Box::new(range)
-                    };
-                    for entry in iter {
-                        let (key, _) = entry?;
-                        let key = key.value();
+                    for entry in paths.range(as_slice_bound(&lo), as_slice_bound(&hi), *desc)? {
+                        let key = entry?;
+                        let key = key.as_slice();
                         let (_, _, id) = path::decode_index_key(key)
                             .map_err(|_| BarrelError::corrupt("bad index key"))?;
                         let Some(doc) = reader(&id)? else { continue };
@@ -1280,11 +1280,9 @@ impl Store {
             } => {
                 let mut ids = BTreeSet::new();
                 for r in ranges {
-                    let range =
-                        paths.range::<&[u8]>((as_slice_bound(&r.lo), as_slice_bound(&r.hi)))?;
-                    for entry in range {
-                        let (key, _) = entry?;
-                        let (_, _, id) = path::decode_index_key(key.value())
+                    for entry in paths.range(as_slice_bound(&r.lo), as_slice_bound(&r.hi), false)? {
+                        let key = entry?;
+                        let (_, _, id) = path::decode_index_key(&key)
                             .map_err(|_| BarrelError::corrupt("bad index key"))?;
                         ids.insert(id);
                     }
@@ -1366,7 +1364,10 @@ impl Store {
     /// How [`Store::query`] would answer `query`.
     pub fn explain(&self, query: &Query) -> Result<Plan, BarrelError> {
         let txn = self.read()?;
-        let paths = txn.open_table(PATHS)?;
+        let paths = RunView::open(
+            txn.open_table(runs::RUN_BLOCKS)?,
+            txn.open_table(runs::RUN_META)?,
+        )?;
         Ok(plan(query, &paths)?.explain(query))
     }
 }
@@ -1409,11 +1410,22 @@ const MIGRATIONS: &[Migration] = &[
     rebuild_path_index,
     rebuild_path_index,
     feed_with_earlier_topics,
-    write_ahead_log,
+    wal_and_index_runs,
 ];
 
-/// Schema 5 adds the write-ahead log beside the file; nothing in the file changes.
-fn write_ahead_log(_txn: &WriteTransaction) -> Result<(), BarrelError> {
+/// Schema 5 adds the write-ahead log beside the file, and moves the path index from the
+/// `paths` table into one run.
+fn wal_and_index_runs(txn: &WriteTransaction) -> Result<(), BarrelError> {
+    let keys: Vec<Vec<u8>> = {
+        let paths = txn.open_table(PATHS)?;
+        let mut keys = Vec::new();
+        for entry in paths.iter()? {
+            keys.push(entry?.0.value().to_vec());
+        }
+        keys
+    };
+    runs::rebuild(txn, keys.into_iter().map(Ok))?;
+    txn.delete_table(PATHS)?;
     Ok(())
 }
 
@@ -1632,7 +1644,8 @@ struct Writer<'t> {
     docs: Table<'t, &'static str, &'static [u8]>,
     bodies: Table<'t, &'static [u8], &'static [u8]>,
     changes_table: Table<'t, u64, &'static [u8]>,
-    paths: Table<'t, &'static [u8], ()>,
+    txn: &'t WriteTransaction,
+    index: RunWriter,
     attachments: Table<'t, &'static [u8], &'static [u8]>,
     local: Table<'t, &'static str, &'static [u8]>,
     revs_limit: usize,
@@ -1663,7 +1676,8 @@ impl<'t> Writer<'t> {
             docs: txn.open_table(DOCS)?,
             bodies: txn.open_table(BODIES)?,
             changes_table: txn.open_table(FEED)?,
-            paths: txn.open_table(PATHS)?,
+            txn,
+            index: RunWriter::new(),
             attachments: txn.open_table(ATTACHMENTS)?,
             local: txn.open_table(LOCAL)?,
             meta,
@@ -1683,6 +1697,7 @@ impl<'t> Writer<'t> {
         if let Some(lsn) = self.applied_lsn {
             self.meta.insert(APPLIED_LSN_KEY, lsn)?;
         }
+        std::mem::take(&mut self.index).finish(self.txn)?;
         Ok(())
     }
 
@@ -2160,10 +2175,10 @@ impl<'t> Writer<'t> {
         };
         let (old, new) = (keys(old), keys(new));
         for k in old.difference(&new) {
-            self.paths.remove(k.as_slice())?;
+            self.index.delete(k.clone());
         }
         for k in new.difference(&old) {
-            self.paths.insert(k.as_slice(), ())?;
+            self.index.put(k.clone());
         }
         Ok(())
     }
@@ -2468,9 +2483,9 @@ fn conditions_on(conds: &[Condition], p: &str) -> Option<Op> {
         .map(|c| c.op.clone())
 }
 
-fn plan<T: ReadableTable<&'static [u8], ()>>(
+fn plan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     query: &Query,
-    paths: &T,
+    paths: &RunView<T>,
 ) -> Result<Planned, BarrelError> {
     // Validate every condition's operand up front, so a bad one is a 400 whatever the plan.
     let mut candidates = Vec::new();
@@ -2531,14 +2546,14 @@ fn plan<T: ReadableTable<&'static [u8], ()>>(
     })
 }
 
-fn count_up_to<T: ReadableTable<&'static [u8], ()>>(
-    paths: &T,
+fn count_up_to<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    paths: &RunView<T>,
     ranges: &[KeyRange],
     max: usize,
 ) -> Result<usize, BarrelError> {
     let mut n = 0;
     for r in ranges {
-        for entry in paths.range::<&[u8]>((as_slice_bound(&r.lo), as_slice_bound(&r.hi)))? {
+        for entry in paths.range(as_slice_bound(&r.lo), as_slice_bound(&r.hi), false)? {
             entry?;
             n += 1;
             if n >= max {
