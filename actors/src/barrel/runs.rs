@@ -25,7 +25,6 @@
 //! [`RunWriter::finish`] repairs).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::ops::{Bound, Range};
 
 use redb::{AccessGuard, ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -429,8 +428,9 @@ impl RunBuilder {
 /// Collects the index changes of one write transaction.
 #[derive(Debug, Default)]
 pub struct RunWriter {
-    /// Key → live (`true` = put, `false` = delete); the last op on a key wins.
-    ops: BTreeMap<Vec<u8>, bool>,
+    /// (key, live: `true` = put, `false` = delete) in arrival order; the last op on a key
+    /// wins. Sorted once at the end (cheaper than a map kept sorted on every insert).
+    ops: Vec<(Vec<u8>, bool)>,
 }
 
 impl RunWriter {
@@ -441,12 +441,12 @@ impl RunWriter {
 
     /// Adds `key` to the index.
     pub fn put(&mut self, key: Vec<u8>) {
-        self.ops.insert(key, true);
+        self.ops.push((key, true));
     }
 
     /// Removes `key` from the index.
     pub fn delete(&mut self, key: Vec<u8>) {
-        self.ops.insert(key, false);
+        self.ops.push((key, false));
     }
 
     /// Whether no op was collected.
@@ -454,9 +454,23 @@ impl RunWriter {
         self.ops.is_empty()
     }
 
-    /// Number of keys with an op.
+    /// Number of ops collected (a key with several ops counts each).
     pub fn len(&self) -> usize {
         self.ops.len()
+    }
+
+    /// The ops sorted by key, the last op of each key only.
+    fn sorted(mut self) -> Vec<(Vec<u8>, bool)> {
+        // Stable: ops on one key stay in arrival order, so the last one is the last of its run.
+        self.ops.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut out: Vec<(Vec<u8>, bool)> = Vec::with_capacity(self.ops.len());
+        for op in self.ops {
+            match out.last_mut() {
+                Some(last) if last.0 == op.0 => *last = op,
+                _ => out.push(op),
+            }
+        }
+        out
     }
 
     /// Writes the collected ops as a new level-0 run (id = highest existing id + 1), then
@@ -484,9 +498,9 @@ impl RunWriter {
         let mut run = RunBuilder::new(next_run_id(blocks, &runs)?);
         // With no older run a delete has nothing to hide.
         let keep_deletes = !runs.is_empty();
-        for (key, live) in &self.ops {
-            if *live || keep_deletes {
-                run.push(blocks, key, *live)?;
+        for (key, live) in self.sorted() {
+            if live || keep_deletes {
+                run.push(blocks, &key, live)?;
             }
         }
         run.finish(blocks, meta, 0)?;
@@ -988,7 +1002,7 @@ mod tests {
             assert!(w[0].id < w[1].id, "ids out of order: {runs:?}");
             assert!(w[0].level >= w[1].level, "levels increase: {runs:?}");
         }
-        let mut per_level = BTreeMap::new();
+        let mut per_level = std::collections::BTreeMap::new();
         for r in runs {
             *per_level.entry(r.level).or_insert(0) += 1;
         }

@@ -2164,21 +2164,29 @@ impl<'t> Writer<'t> {
         old: Option<&Map<String, Value>>,
         new: Option<&Map<String, Value>>,
     ) -> Result<(), BarrelError> {
-        let keys = |b: Option<&Map<String, Value>>| -> BTreeSet<Vec<u8>> {
-            b.map(|b| {
-                path::index_entries(b)
-                    .into_iter()
-                    .map(|(p, v)| path::index_key(&p, v, id))
-                    .collect()
-            })
-            .unwrap_or_default()
+        let keys = |b: Option<&Map<String, Value>>| -> Vec<Vec<u8>> {
+            let mut keys: Vec<Vec<u8>> = b
+                .map(|b| {
+                    path::index_entries(b)
+                        .into_iter()
+                        .map(|(p, v)| path::index_key(&p, v, id))
+                        .collect()
+                })
+                .unwrap_or_default();
+            keys.sort_unstable();
+            keys.dedup();
+            keys
         };
         let (old, new) = (keys(old), keys(new));
-        for k in old.difference(&new) {
-            self.index.delete(k.clone());
+        for k in &old {
+            if new.binary_search(k).is_err() {
+                self.index.delete(k.clone());
+            }
         }
-        for k in new.difference(&old) {
-            self.index.put(k.clone());
+        for k in new {
+            if old.binary_search(&k).is_err() {
+                self.index.put(k);
+            }
         }
         Ok(())
     }
