@@ -27,7 +27,7 @@ pub mod store;
 pub use store::DocumentChanged;
 use store::{
     AttachmentMeta, BarrelCounts, ChangeRow, DocRevision, GetOptions, OpenRev, OpenRevs, Plan,
-    Query, QueryPage, RevsDiff, Store, WriteOp, WriteResult,
+    Prepared, Query, QueryPage, RevsDiff, Store, WriteOp, WriteResult,
 };
 
 use crate::error::BarrelError;
@@ -52,6 +52,11 @@ pub type WriteResults = Vec<Result<WriteResult, BarrelError>>;
 #[derive(Debug, Message)]
 #[rtype(result = "Result<WriteResults, BarrelError>")]
 pub struct Write(pub Vec<WriteOp>);
+
+/// [`Write`] of writes already prepared on the caller's thread.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<WriteResults, BarrelError>")]
+pub struct WritePrepared(pub Prepared);
 
 /// Stops the writer after the writes already queued have committed; later writes get
 /// [`BarrelError::Closed`].
@@ -81,7 +86,7 @@ struct WriterThread {
 
 #[derive(Debug)]
 struct WriteJob {
-    ops: Vec<WriteOp>,
+    ops: Prepared,
     reply: oneshot::Sender<Result<WriteResults, BarrelError>>,
 }
 
@@ -161,7 +166,18 @@ impl Supervised for Barrel {
 impl Handler<Write> for Barrel {
     type Result = ResponseFuture<Result<WriteResults, BarrelError>>;
 
-    fn handle(&mut self, msg: Write, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Write, ctx: &mut Self::Context) -> Self::Result {
+        match Prepared::new(msg.0) {
+            Ok(p) => Handler::<WritePrepared>::handle(self, WritePrepared(p), ctx),
+            Err(e) => Box::pin(async move { Err(e) }),
+        }
+    }
+}
+
+impl Handler<WritePrepared> for Barrel {
+    type Result = ResponseFuture<Result<WriteResults, BarrelError>>;
+
+    fn handle(&mut self, msg: WritePrepared, _ctx: &mut Self::Context) -> Self::Result {
         self.ensure_writer();
         let tx = self.writer.as_ref().map(|w| w.tx.clone());
         Box::pin(async move {
@@ -259,41 +275,46 @@ fn writer_loop(
             }
         }
         let mut sizes = Vec::with_capacity(jobs.len());
-        let mut ops = Vec::with_capacity(count);
+        let mut ops = Prepared::default();
         let mut replies = Vec::with_capacity(jobs.len());
         for job in jobs {
             sizes.push(job.ops.len());
-            ops.extend(job.ops);
+            ops.append(job.ops);
             replies.push(job.reply);
         }
         let started = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| store.apply(ops)));
+        // Writers are answered as soon as the group is durable (see `Store::apply_then`).
+        let mut waiting = Some(replies);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            store.apply_then(ops, |results| {
+                let mut results = results.into_iter();
+                for (reply, n) in waiting.take().into_iter().flatten().zip(&sizes) {
+                    let _ = reply.send(Ok(results.by_ref().take(*n).collect()));
+                }
+            })
+        }));
         let elapsed = started.elapsed();
         metrics::histogram!("cooper_commit_seconds").record(elapsed.as_secs_f64());
         metrics::histogram!("cooper_commit_batch_documents").record(count as f64);
-        tracing::debug!(barrel = %name, requests = replies.len(), docs = count,
+        tracing::debug!(barrel = %name, requests = sizes.len(), docs = count,
             micros = elapsed.as_micros() as u64, "group commit");
         match outcome {
-            Ok(Ok((results, changes))) => {
+            Ok(Ok(changes)) => {
                 metrics::counter!("cooper_documents_written_total").increment(changes.len() as u64);
                 for change in changes {
                     // No subscriber is not an error.
                     let _ = events.send(Arc::new(change));
                 }
-                let mut results = results.into_iter();
-                for (reply, n) in replies.into_iter().zip(sizes) {
-                    let _ = reply.send(Ok(results.by_ref().take(n).collect()));
-                }
             }
             Ok(Err(e)) => {
                 tracing::error!(barrel = %name, error = %e, "group commit failed");
-                for reply in replies {
+                for reply in waiting.take().into_iter().flatten() {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
             Err(_) => {
                 tracing::error!(barrel = %name, "group commit panicked; nothing of it was committed");
-                for reply in replies {
+                for reply in waiting.take().into_iter().flatten() {
                     let _ = reply.send(Err(BarrelError::Storage(
                         "internal error during commit".into(),
                     )));
@@ -363,8 +384,9 @@ impl BarrelHandle {
 
     /// Writes a batch; see [`Write`].
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<WriteResults, BarrelError> {
+        // Encoded here, on the caller's thread, not on the barrel's writer thread.
         self.addr
-            .send(Write(ops))
+            .send(WritePrepared(Prepared::new(ops)?))
             .await
             .map_err(|_| BarrelError::Closed)?
     }

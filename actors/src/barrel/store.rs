@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -323,6 +323,46 @@ pub enum OpenRev {
     Missing(Rev),
 }
 
+/// Writes ready for a group commit: generated ids fixed and each write encoded for the
+/// write-ahead log. Made on the caller's thread ([`Prepared::new`]), so that the barrel's
+/// writer thread only applies them.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    ops: Vec<WriteOp>,
+    encoded: Vec<Vec<u8>>,
+}
+
+impl Prepared {
+    /// Fixes the ids to generate (the log must replay to the same documents) and encodes.
+    pub fn new(mut ops: Vec<WriteOp>) -> Result<Self, BarrelError> {
+        for op in &mut ops {
+            if let WriteOp::Edit(doc) = op {
+                if doc.id.is_none() {
+                    doc.id = Some(new_doc_id()?);
+                }
+            }
+        }
+        let encoded = ops.iter().map(encode_op).collect();
+        Ok(Self { ops, encoded })
+    }
+
+    /// Number of writes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there is no write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends `other`'s writes (one group commit takes several requests).
+    pub fn append(&mut self, other: Prepared) {
+        self.ops.extend(other.ops);
+        self.encoded.extend(other.encoded);
+    }
+}
+
 /// One write, as the barrel receives it (and as its write-ahead log keeps it).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WriteOp {
@@ -546,6 +586,9 @@ pub struct Store {
     db: RwLock<Option<Database>>,
     /// The write-ahead log; only the writer (and `close`) takes it.
     wal: Mutex<Option<Wal>>,
+    /// How far writers were answered and readers can see (see [`Store::apply_then`]).
+    visibility: Mutex<Visibility>,
+    visible_cv: Condvar,
     path: PathBuf,
     options: StoreOptions,
 }
@@ -571,6 +614,27 @@ struct Wal {
     bytes_since_checkpoint: u64,
     /// The barrel file has commits that are not durable yet.
     dirty: bool,
+}
+
+/// Log records whose writes were acknowledged, and those readers see: a group commit is
+/// acknowledged as soon as its log record is durable, just before the barrel file's commit
+/// makes it visible; a read waits for the visibility of what was acknowledged when it began
+/// (a commit without fsync: microseconds), so a writer always reads its own writes.
+#[derive(Debug, Default)]
+struct Visibility {
+    acked: u64,
+    visible: u64,
+}
+
+/// Makes log record `.1` visible to readers when dropped.
+struct VisibleOnDrop<'a>(&'a Store, u64);
+
+impl Drop for VisibleOnDrop<'_> {
+    fn drop(&mut self) {
+        let mut v = self.0.visibility.lock().unwrap_or_else(|e| e.into_inner());
+        v.visible = v.visible.max(self.1);
+        self.0.visible_cv.notify_all();
+    }
 }
 
 /// A command for the log thread, with where to answer.
@@ -680,6 +744,8 @@ impl Store {
                 bytes_since_checkpoint: 0,
                 dirty: false,
             })),
+            visibility: Mutex::new(Visibility::default()),
+            visible_cv: Condvar::new(),
             path: path.to_owned(),
             options,
         };
@@ -730,24 +796,7 @@ impl Store {
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         let replayed = pending.len();
         for (lsn, raw) in pending {
-            let (seq_before, ops) = decode_record(&raw)?;
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            {
-                let mut w = Writer::open(&txn, &self.options)?;
-                if w.seq != seq_before {
-                    tracing::warn!(file = %self.path.display(), lsn, seq = w.seq, expected = seq_before,
-                        "a write-ahead log record replays at another seq than it was written at");
-                }
-                for op in ops {
-                    // Failed writes are logged too (the log is written before they are
-                    // applied); they fail again, the same way.
-                    let _ = w.apply(op);
-                }
-                w.applied_lsn = Some(lsn);
-                w.finish()?;
-            }
-            txn.commit()?;
+            self.reapply(db, lsn, &raw)?;
             wal.dirty = true;
         }
         if replayed > 0 {
@@ -809,6 +858,13 @@ impl Store {
     }
 
     fn read(&self) -> Result<ReadTransaction, BarrelError> {
+        {
+            let mut v = self.visibility.lock().unwrap_or_else(|e| e.into_inner());
+            let target = v.acked;
+            while v.visible < target {
+                v = self.visible_cv.wait(v).unwrap_or_else(|e| e.into_inner());
+            }
+        }
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         Ok(db.as_ref().ok_or(BarrelError::Closed)?.begin_read()?)
     }
@@ -852,34 +908,45 @@ impl Store {
         Ok(())
     }
 
-    /// Applies a batch of writes in one transaction committed with `Durability::Immediate`.
-    /// Each write's result is in its slot; a failed write leaves no trace, the others commit.
-    /// Returns the results and the changes to publish.
+    /// Applies a batch of writes in one group commit; see [`Store::apply_then`]. Returns the
+    /// results and the changes to publish.
     pub fn apply(
         &self,
-        mut ops: Vec<WriteOp>,
+        ops: Vec<WriteOp>,
     ) -> Result<(Vec<Result<WriteResult, BarrelError>>, Changes), BarrelError> {
+        let mut out = Vec::new();
+        let changes = self.apply_then(Prepared::new(ops)?, |results| out = results)?;
+        Ok((out, changes))
+    }
+
+    /// Applies a batch of writes in one group commit: each write's result is in its slot; a
+    /// failed write leaves no trace, the others commit. `durable` gets the results as soon as
+    /// the group's log record is durable (the acknowledgement point), before the barrel
+    /// file's commit makes the writes visible; reads that start after it wait for that
+    /// commit. Returns the changes to publish (visible by then). On an error `durable` is
+    /// not called and nothing of the group is acknowledged.
+    pub fn apply_then(
+        &self,
+        prepared: Prepared,
+        durable: impl FnOnce(Vec<Result<WriteResult, BarrelError>>),
+    ) -> Result<Changes, BarrelError> {
+        let Prepared { ops, encoded } = prepared;
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
         let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
-        // Fix generated ids first: the log must replay to the same documents.
-        for op in &mut ops {
-            if let WriteOp::Edit(doc) = op {
-                if doc.id.is_none() {
-                    doc.id = Some(new_doc_id()?);
-                }
-            }
-        }
         let lsn = wal.next_lsn;
         let mut txn = db.begin_write()?;
-        let (results, changes) = {
+        txn.set_durability(Durability::None)?;
+        let (results, changes, record) = {
             let mut w = Writer::open(&txn, &self.options)?;
             // The log gets the writes as requested, and commits (the fsync) while they are
             // applied here; replay reproduces the same results, failures included.
-            let record = encode_record(w.seq, ops.iter().map(encode_op));
+            let record = encode_record(w.seq, encoded.iter().map(Vec::as_slice));
             wal.bytes_since_checkpoint += record.len() as u64;
-            let logged = wal.log.submit(Some((lsn, record)), wal.trim_upto.take())?;
+            let logged = wal
+                .log
+                .submit(Some((lsn, record.clone())), wal.trim_upto.take())?;
             wal.next_lsn = lsn + 1;
             let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
             w.applied_lsn = Some(lsn);
@@ -887,30 +954,51 @@ impl Store {
             // The acknowledgement point: the log record is durable.
             wait_log(logged)?;
             finished?;
-            (results, w.changes)
+            (results, w.changes, record)
         };
-        let checkpoint = wal.bytes_since_checkpoint >= CHECKPOINT_BYTES
-            || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL;
-        txn.set_durability(if checkpoint {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
+        self.visibility
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .acked = lsn;
+        // Readers wait for `visible` to reach `acked`: it does when this scope ends, even by
+        // an unwinding panic.
+        let _visible = VisibleOnDrop(self, lsn);
+        durable(results);
+        wal.dirty = true;
         if let Err(e) = txn.commit() {
-            // The log holds the writes; the next open applies them.
+            // Acknowledged, so apply the logged writes again in a fresh transaction; should
+            // that fail too, the next open applies them from the log.
             tracing::error!(file = %self.path.display(), error = %e,
-                "commit after the write-ahead log failed; reopen the barrel to apply the log");
-            return Err(e.into());
+                "commit after the write-ahead log failed; applying the log record again");
+            if let Err(e) = self.reapply(db, lsn, &record) {
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "applying the log record again failed; reopen the barrel to apply the log");
+            }
         }
-        if checkpoint {
-            wal.dirty = false;
-            wal.trim_upto = Some(lsn);
-            wal.last_checkpoint = Instant::now();
-            wal.bytes_since_checkpoint = 0;
-        } else {
-            wal.dirty = true;
+        drop(_visible);
+        if wal.bytes_since_checkpoint >= CHECKPOINT_BYTES
+            || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            Self::checkpoint_locked(db, wal)?;
         }
-        Ok((results, changes))
+        Ok(changes)
+    }
+
+    /// Applies one log record to the barrel file (without fsync).
+    fn reapply(&self, db: &Database, lsn: u64, record: &[u8]) -> Result<(), BarrelError> {
+        let (_, ops) = decode_record(record)?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        {
+            let mut w = Writer::open(&txn, &self.options)?;
+            for op in ops {
+                let _ = w.apply(op);
+            }
+            w.applied_lsn = Some(lsn);
+            w.finish()?;
+        }
+        txn.commit()?;
+        Ok(())
     }
 
     /// The winner (or the revision in `opts.rev`) of a document; `NotFound` for a missing
@@ -1470,12 +1558,14 @@ fn encode_op(op: &WriteOp) -> Vec<u8> {
 
 /// A log record: format byte, the update seq before the group commit (u64 BE), then each
 /// write as a u32 BE length and its CBOR.
-fn encode_record(seq_before: u64, ops: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
-    let mut out = vec![RECORD_FORMAT];
+fn encode_record<'a>(seq_before: u64, ops: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+    let len = 9 + ops.clone().map(|op| 4 + op.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
+    out.push(RECORD_FORMAT);
     out.extend_from_slice(&seq_before.to_be_bytes());
     for op in ops {
         out.extend_from_slice(&(op.len() as u32).to_be_bytes());
-        out.extend_from_slice(&op);
+        out.extend_from_slice(op);
     }
     out
 }
