@@ -5,15 +5,17 @@
 //!
 //! One direction works in batches: read the source's changes after the checkpoint, ask the
 //! target which revisions it lacks (`_revs_diff`), fetch them with their history and
-//! attachments (`_bulk_get`), write them as they are (`_bulk_docs`, `new_edits=false`), then
-//! record the checkpoint in `_local/` on both sides — only after the target has committed, so
-//! a restart, or a peer that comes back after months, resumes where it stopped. Continuous
-//! tasks then wait for the next change (the listener hub locally, a longpoll feed remotely),
-//! never in a sleep loop. Errors are retried with exponential backoff and jitter.
+//! attachments (`_bulk_get`), write them as they are (`_bulk_docs`, `new_edits=false`); the
+//! next batch is read while the previous one is written. The checkpoint in `_local/` on both
+//! sides records only what the target has committed, after the first batch, then at most once
+//! a second and whenever the source has nothing more, so a restart, or a peer that comes back
+//! after months, resumes where it stopped (reading again at most the last second's batches).
+//! Continuous tasks then wait for the next change (the listener hub locally, a longpoll feed
+//! remotely), never in a sleep loop. Errors are retried with exponential backoff and jitter.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::{
     Actor, ActorContext, ActorFutureExt, AsyncContext, Context, Handler, Message, MessageResult,
@@ -28,6 +30,7 @@ use futures_util::future::LocalBoxFuture;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::barrel::store::{OpenRev, OpenRevs, WriteOp};
 use crate::barrel::BarrelHandle;
@@ -44,6 +47,9 @@ const LONGPOLL: Duration = Duration::from_secs(55);
 const WRITE_BUDGET: usize = 4 << 20;
 /// Sessions kept in a checkpoint's history.
 const HISTORY: usize = 50;
+/// Least time between two checkpoints of a running replication (each costs a durable commit
+/// on both sides); a run also checkpoints after its first batch and whenever it catches up.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
 /// Why a replication step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -732,6 +738,18 @@ pub fn checkpoint_base(spec: &TaskSpec) -> String {
 
 /// Copies one direction from `source` to `target` until caught up (or forever when
 /// `continuous`), updating `state`.
+///
+/// Reading and writing overlap: a reader takes the source's changes, asks the target which
+/// revisions it lacks and fetches them, while a writer writes the previous batch to the
+/// target; a channel of one step between them keeps the reader about one batch ahead (a few
+/// groups of documents in memory, whatever the batches hold). The reader may ask the target
+/// about a batch before the previous one is written: at worst the target then receives a
+/// revision twice, which `new_edits=false` makes harmless. The writer records the checkpoint
+/// (target first, then source) only for batches the target has committed: after the first
+/// batch, then at most every [`CHECKPOINT_EVERY`], and always when the source has nothing
+/// more (before a one-shot run ends, before a continuous task waits for changes). A restart
+/// resumes from the checkpoint: at worst it reads again the batches written since, and the
+/// target answers that it has them.
 pub async fn replicate_once(
     id: &str,
     direction: &str,
@@ -746,17 +764,118 @@ pub async fn replicate_once(
     let session = crate::barrel::store::new_doc_id()?;
     let source_cp = source.get_local(&checkpoint_id).await?;
     let target_cp = target.get_local(&checkpoint_id).await?;
-    let mut since = start_seq(source_cp.as_ref(), target_cp.as_ref());
-    let mut history: Vec<Value> = target_cp
-        .as_ref()
-        .and_then(|c| c.get("history"))
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let since = start_seq(source_cp.as_ref(), target_cp.as_ref());
+    let mut checkpoint = Checkpoint {
+        id: &checkpoint_id,
+        session,
+        history: target_cp
+            .as_ref()
+            .and_then(|c| c.get("history"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let (tx, mut rx) = mpsc::channel::<Step>(1);
+    let reader = async move {
+        if let Err(e) = read_ahead(source, target, filters, since, continuous, &tx).await {
+            // After what was read before: the writer writes that first.
+            let _ = tx.send(Step::Failed(e)).await;
+        }
+    };
+    let writer = async {
+        let task = id.to_owned();
+        let written_total =
+            metrics::counter!("cooper_replication_docs_written_total", "task" => task.clone());
+        let read_total = metrics::counter!("cooper_replication_docs_read_total", "task" => task);
+        let (mut written, mut failed) = (0u64, 0u64);
+        // Batches committed by the target but not yet in the checkpoint, and the last seq.
+        let (mut pending, mut done) = (false, String::new());
+        let mut recorded: Option<Instant> = None;
+        while let Some(step) = rx.recv().await {
+            match step {
+                Step::Docs(docs) => {
+                    let (w, f) = write_all(target, docs).await?;
+                    written += w;
+                    failed += f;
+                }
+                Step::Batch { read, last_seq } => {
+                    done = last_seq;
+                    pending = true;
+                    // The target committed the batch (its bulk_docs answered).
+                    if recorded.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY) {
+                        checkpoint.record(source, target, &done).await?;
+                        pending = false;
+                        recorded = Some(Instant::now());
+                    }
+                    let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
+                    s.docs_read += read;
+                    s.docs_written += written;
+                    s.doc_write_failures += failed;
+                    s.last_seq.insert(direction.to_owned(), done.clone());
+                    s.error = None;
+                    s.retries = 0;
+                    drop(s);
+                    written_total.increment(written);
+                    read_total.increment(read);
+                    (written, failed) = (0, 0);
+                }
+                Step::CaughtUp(idle) => {
+                    if pending {
+                        checkpoint.record(source, target, &done).await?;
+                        pending = false;
+                        recorded = Some(Instant::now());
+                    }
+                    if !continuous {
+                        return Ok(());
+                    }
+                    // The reader may wait for changes now.
+                    let _ = idle.send(());
+                }
+                Step::Failed(e) => return Err(e),
+            }
+        }
+        Ok(())
+    };
+    let mut writer = std::pin::pin!(writer);
+    tokio::select! {
+        biased;
+        r = &mut writer => r,
+        () = reader => writer.await,
+    }
+}
+
+/// What the reader of [`replicate_once`] hands its writer, in order.
+enum Step {
+    /// Revisions to write as they are (a group of about [`WRITE_BUDGET`] bytes).
+    Docs(Vec<Value>),
+    /// The end of a batch of `read` changes: every revision of it that the target lacked
+    /// (and that passes the filters) was in the `Docs` before.
+    Batch { read: u64, last_seq: String },
+    /// The source has no changes after the last batch. A continuous reader waits for the
+    /// writer's answer (everything committed and checkpointed) before waiting for changes.
+    CaughtUp(oneshot::Sender<()>),
+    /// Reading failed (after the steps before, which the writer completes first).
+    Failed(ReplicationError),
+}
+
+/// The reader of [`replicate_once`]: batches of changes after `since`, the revisions the
+/// target lacks, fetched from the source. Returns when the writer is gone.
+async fn read_ahead(
+    source: &dyn Endpoint,
+    target: &dyn Endpoint,
+    filters: &TopicTrie<()>,
+    mut since: String,
+    continuous: bool,
+    tx: &mpsc::Sender<Step>,
+) -> Res<()> {
     loop {
         let batch = source.changes(&since, BATCH).await?;
         if batch.rows.is_empty() {
-            if !continuous {
+            let (idle, checkpointed) = oneshot::channel();
+            if tx.send(Step::CaughtUp(idle)).await.is_err() || !continuous {
+                return Ok(());
+            }
+            if checkpointed.await.is_err() {
                 return Ok(());
             }
             source.wait_for_changes(&since).await?;
@@ -773,7 +892,6 @@ pub async fn replicate_once(
             .into_iter()
             .flat_map(|(id, revs)| revs.into_iter().map(move |r| (id.clone(), r)))
             .collect();
-        let (mut written, mut failed) = (0u64, 0u64);
         // The whole batch goes to the target in as few commits as its size allows: each
         // commit costs the target an fsync and its page writes, whatever it holds.
         let mut ready: Vec<Value> = Vec::new();
@@ -787,31 +905,55 @@ pub async fn replicate_once(
             }
             let last = (i + 1) * FETCH >= wanted.len();
             if ready_bytes >= WRITE_BUDGET || (last && !ready.is_empty()) {
-                let (w, f) = write_all(target, std::mem::take(&mut ready)).await?;
-                written += w;
-                failed += f;
+                if tx
+                    .send(Step::Docs(std::mem::take(&mut ready)))
+                    .await
+                    .is_err()
+                {
+                    return Ok(());
+                }
                 ready_bytes = 0;
             }
         }
-        since = batch.last_seq.clone();
-        // The target committed (its bulk_docs answered): record the checkpoint on both sides.
-        history.insert(0, json!({"session_id": session, "recorded_seq": since}));
-        history.truncate(HISTORY);
-        let cp = json!({"session_id": session, "source_last_seq": since, "history": history, "replicator": "cooper", "version": 1});
-        target.put_local(&checkpoint_id, cp.clone()).await?;
-        source.put_local(&checkpoint_id, cp).await?;
-        let mut s = state.lock().unwrap_or_else(|e| e.into_inner());
-        s.docs_read += read;
-        s.docs_written += written;
-        s.doc_write_failures += failed;
-        s.last_seq.insert(direction.to_owned(), since.clone());
-        s.error = None;
-        s.retries = 0;
-        drop(s);
-        metrics::counter!("cooper_replication_docs_written_total", "task" => id.to_owned())
-            .increment(written);
-        metrics::counter!("cooper_replication_docs_read_total", "task" => id.to_owned())
-            .increment(read);
+        let last_seq = batch.last_seq;
+        if tx
+            .send(Step::Batch {
+                read,
+                last_seq: last_seq.clone(),
+            })
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        since = last_seq;
+    }
+}
+
+/// The checkpoint of one direction of a task, as this run records it.
+struct Checkpoint<'a> {
+    id: &'a str,
+    session: String,
+    history: Vec<Value>,
+}
+
+impl Checkpoint<'_> {
+    /// Records that the target committed everything up to `seq`: on the target, then on the
+    /// source (a durable commit on each).
+    async fn record(&mut self, source: &dyn Endpoint, target: &dyn Endpoint, seq: &str) -> Res<()> {
+        self.history
+            .insert(0, json!({"session_id": self.session, "recorded_seq": seq}));
+        self.history.truncate(HISTORY);
+        let cp = json!({
+            "session_id": self.session,
+            "source_last_seq": seq,
+            "history": self.history,
+            "replicator": "cooper",
+            "version": 1,
+        });
+        target.put_local(self.id, cp.clone()).await?;
+        source.put_local(self.id, cp).await?;
+        Ok(())
     }
 }
 
@@ -1101,5 +1243,313 @@ impl Handler<Stop> for Replicator {
         drop(s);
         ctx.stop();
         MessageResult(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::{Cell, RefCell};
+    use std::rc::Rc;
+
+    use cooper_protocols::ids::BarrelName;
+
+    use super::*;
+    use crate::barrel::store::Store;
+    use crate::barrel::Barrel;
+
+    const CP: &str = "_local/cooper-t-push";
+
+    fn barrel(dir: &tempfile::TempDir, name: &str) -> BarrelHandle {
+        let store = Arc::new(
+            Store::open(&dir.path().join(format!("{name}.redb")), Default::default()).unwrap(),
+        );
+        Barrel::start(BarrelName::new(name).unwrap(), store, None)
+    }
+
+    async fn fill(b: &BarrelHandle, from: usize, to: usize) {
+        for start in (from..to).step_by(1000) {
+            let ops = (start..to.min(start + 1000))
+                .map(|n| {
+                    let doc = json!({"_id": format!("d{n:06}"), "n": n});
+                    WriteOp::Edit(document::split(doc).unwrap())
+                })
+                .collect();
+            assert!(b.write(ops).await.unwrap().iter().all(Result::is_ok));
+        }
+    }
+
+    fn last_seq(b: &BarrelHandle) -> String {
+        b.changes(0, 1 << 20)
+            .unwrap()
+            .last()
+            .map_or(0, |r| r.seq)
+            .to_string()
+    }
+
+    /// The seq a barrel's checkpoint of task `t` records.
+    fn checkpointed(b: &BarrelHandle) -> Option<String> {
+        let (cp, _) = b.get_local(CP).ok()?;
+        Some(seq_text(cp.get("source_last_seq")?))
+    }
+
+    /// The seq a task waited for changes after, and the target's checkpoint then.
+    type Wait = (String, Option<String>);
+
+    /// A local endpoint that counts its calls, fails some, and notes the target's checkpoint
+    /// whenever it starts waiting for changes.
+    #[derive(Debug)]
+    struct Spy {
+        inner: LocalEndpoint,
+        changes: Rc<Cell<usize>>,
+        fail_changes_at: usize,
+        bulk_docs: Cell<usize>,
+        fail_bulk_docs_at: usize,
+        peer: Option<BarrelHandle>,
+        waits: Rc<RefCell<Vec<Wait>>>,
+        /// Another spy's `changes` count, noted when each `bulk_docs` returns.
+        watch: Option<Rc<Cell<usize>>>,
+        seen: Rc<RefCell<Vec<usize>>>,
+    }
+
+    impl Spy {
+        fn new(b: &BarrelHandle) -> Self {
+            Self {
+                inner: LocalEndpoint::new(b.clone()),
+                changes: Rc::default(),
+                fail_changes_at: usize::MAX,
+                bulk_docs: Cell::new(0),
+                fail_bulk_docs_at: usize::MAX,
+                peer: None,
+                waits: Rc::default(),
+                watch: None,
+                seen: Rc::default(),
+            }
+        }
+    }
+
+    fn down() -> ReplicationError {
+        ReplicationError::Unreachable {
+            endpoint: "spy".into(),
+            reason: "down".into(),
+        }
+    }
+
+    impl Endpoint for Spy {
+        fn describe(&self) -> String {
+            self.inner.describe()
+        }
+        fn changes(&self, since: &str, limit: usize) -> LocalBoxFuture<'_, Res<ChangesBatch>> {
+            let n = self.changes.get() + 1;
+            self.changes.set(n);
+            if n >= self.fail_changes_at {
+                return Box::pin(async { Err(down()) });
+            }
+            self.inner.changes(since, limit)
+        }
+        fn wait_for_changes<'a>(&'a self, since: &'a str) -> LocalBoxFuture<'a, Res<()>> {
+            let cp = self.peer.as_ref().and_then(checkpointed);
+            self.waits.borrow_mut().push((since.to_owned(), cp));
+            self.inner.wait_for_changes(since)
+        }
+        fn revs_diff(
+            &self,
+            asked: BTreeMap<String, Vec<Rev>>,
+        ) -> LocalBoxFuture<'_, Res<BTreeMap<String, Vec<Rev>>>> {
+            self.inner.revs_diff(asked)
+        }
+        fn bulk_get(&self, asked: Vec<(String, Rev)>) -> LocalBoxFuture<'_, Res<Vec<Value>>> {
+            self.inner.bulk_get(asked)
+        }
+        fn bulk_docs(&self, docs: Vec<Value>) -> LocalBoxFuture<'_, Res<usize>> {
+            let n = self.bulk_docs.get() + 1;
+            self.bulk_docs.set(n);
+            if n >= self.fail_bulk_docs_at {
+                return Box::pin(async { Err(down()) });
+            }
+            Box::pin(async move {
+                let r = self.inner.bulk_docs(docs).await;
+                if let Some(w) = &self.watch {
+                    self.seen.borrow_mut().push(w.get());
+                }
+                r
+            })
+        }
+        fn get_local<'a>(&'a self, id: &'a str) -> LocalBoxFuture<'a, Res<Option<Value>>> {
+            self.inner.get_local(id)
+        }
+        fn put_local<'a>(&'a self, id: &'a str, body: Value) -> LocalBoxFuture<'a, Res<()>> {
+            self.inner.put_local(id, body)
+        }
+    }
+
+    async fn run(source: &dyn Endpoint, target: &dyn Endpoint) -> (Res<()>, TaskState) {
+        let state = Mutex::new(TaskState::default());
+        let r = replicate_once(
+            "t",
+            "push",
+            source,
+            target,
+            &TopicTrie::new(),
+            &state,
+            false,
+        )
+        .await;
+        (r, state.into_inner().unwrap())
+    }
+
+    #[actix_rt::test]
+    async fn a_one_shot_run_of_several_batches_ends_checkpointed_and_a_second_copies_nothing() {
+        const N: usize = 3 * BATCH + 17;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, N).await;
+        let (src, dst) = (Spy::new(&a), Spy::new(&b));
+        let (r, s) = run(&src, &dst).await;
+        r.unwrap();
+        assert_eq!((s.docs_read, s.docs_written), (N as u64, N as u64), "{s:?}");
+        assert_eq!(s.doc_write_failures, 0);
+        let end = last_seq(&a);
+        assert_eq!(s.last_seq["push"], end);
+        assert_eq!(
+            checkpointed(&b),
+            Some(end.clone()),
+            "the target's checkpoint"
+        );
+        assert_eq!(
+            checkpointed(&a),
+            Some(end.clone()),
+            "the source's checkpoint"
+        );
+        assert_eq!(b.counts().unwrap().doc_count, N as u64);
+        assert_eq!(dst.bulk_docs.get(), 4, "one write per batch");
+
+        let (src, dst) = (Spy::new(&a), Spy::new(&b));
+        let (r, s) = run(&src, &dst).await;
+        r.unwrap();
+        assert_eq!((s.docs_read, s.docs_written), (0, 0), "{s:?}");
+        assert_eq!(dst.bulk_docs.get(), 0);
+        assert_eq!(checkpointed(&b), Some(end));
+    }
+
+    #[actix_rt::test]
+    async fn the_next_batch_is_read_while_one_is_written_and_no_further() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, 4 * BATCH).await;
+        let src = Spy::new(&a);
+        let mut dst = Spy::new(&b);
+        dst.watch = Some(src.changes.clone());
+        let (r, s) = run(&src, &dst).await;
+        r.unwrap();
+        assert_eq!(s.docs_written, 4 * BATCH as u64);
+        // While batch k was written, the source was asked for batch k + 1, not k + 2.
+        assert_eq!(
+            *dst.seen.borrow(),
+            vec![2, 3, 4, 5],
+            "changes asked by each write's end"
+        );
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_write_stops_the_run_and_the_next_resumes_from_the_checkpoint() {
+        const N: usize = 4 * BATCH;
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, N).await;
+        let src = Spy::new(&a);
+        let mut dst = Spy::new(&b);
+        dst.fail_bulk_docs_at = 3;
+        let (r, first) = run(&src, &dst).await;
+        assert_eq!(r, Err(down()));
+        // Two batches were committed and counted; the first is checkpointed at least.
+        assert_eq!(first.docs_written, 2 * BATCH as u64, "{first:?}");
+        assert_eq!(b.counts().unwrap().doc_count, 2 * BATCH as u64);
+        let cp: u64 = checkpointed(&b).unwrap().parse().unwrap();
+        assert!(
+            (BATCH as u64..=2 * BATCH as u64).contains(&cp),
+            "the checkpoint holds only committed batches: {cp}"
+        );
+        assert_eq!(checkpointed(&a), Some(cp.to_string()));
+
+        let (r, second) = run(&Spy::new(&a), &Spy::new(&b)).await;
+        r.unwrap();
+        assert_eq!(
+            second.docs_read,
+            N as u64 - cp,
+            "it resumed from the checkpoint"
+        );
+        assert_eq!(
+            second.docs_written,
+            2 * BATCH as u64,
+            "the target had the rest"
+        );
+        assert_eq!(b.counts().unwrap().doc_count, N as u64);
+        assert_eq!(checkpointed(&b), Some(last_seq(&a)));
+    }
+
+    #[actix_rt::test]
+    async fn a_failed_read_lets_the_batches_read_before_it_be_written_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, 3 * BATCH).await;
+        let mut src = Spy::new(&a);
+        src.fail_changes_at = 3;
+        let dst = Spy::new(&b);
+        let (r, s) = run(&src, &dst).await;
+        assert_eq!(r, Err(down()));
+        assert_eq!(
+            (s.docs_read, s.docs_written),
+            (2 * BATCH as u64, 2 * BATCH as u64),
+            "{s:?}"
+        );
+        assert_eq!(b.counts().unwrap().doc_count, 2 * BATCH as u64);
+    }
+
+    #[actix_rt::test]
+    async fn a_continuous_task_checkpoints_before_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, BATCH + 5).await;
+        let mut src = Spy::new(&a);
+        src.peer = Some(b.clone());
+        let waits = src.waits.clone();
+        let dst = LocalEndpoint::new(b.clone());
+        let state = Arc::new(Mutex::new(TaskState::default()));
+        let task = {
+            let state = state.clone();
+            actix_rt::spawn(async move {
+                let trie = TopicTrie::new();
+                replicate_once("t", "push", &src, &dst, &trie, &state, true).await
+            })
+        };
+        let wait_for = |n: usize| {
+            let waits = waits.clone();
+            async move {
+                for _ in 0..2000 {
+                    if waits.borrow().len() >= n {
+                        return waits.borrow()[n - 1].clone();
+                    }
+                    actix_rt::time::sleep(Duration::from_millis(5)).await;
+                }
+                panic!("the task never waited for changes: {:?}", waits.borrow());
+            }
+        };
+        // Two batches, the second within a second of the first: the checkpoint of the
+        // second is written when the task catches up, before it waits.
+        let end = last_seq(&a);
+        assert_eq!(wait_for(1).await, (end.clone(), Some(end.clone())));
+        assert_eq!(checkpointed(&a), Some(end));
+        fill(&a, BATCH + 5, BATCH + 8).await;
+        let end = last_seq(&a);
+        assert_eq!(wait_for(2).await, (end.clone(), Some(end.clone())));
+        let s = state.lock().unwrap().clone();
+        assert_eq!(
+            (s.docs_read, s.docs_written),
+            (BATCH as u64 + 8, BATCH as u64 + 8)
+        );
+        assert_eq!(s.last_seq["push"], end);
+        task.abort();
+        assert!(task.await.is_err(), "still running until stopped");
+        assert_eq!(b.counts().unwrap().doc_count, BATCH as u64 + 8);
     }
 }
