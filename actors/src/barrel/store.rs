@@ -936,18 +936,18 @@ impl Store {
         let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         let lsn = wal.next_lsn;
+        // The log gets the writes as requested, first thing, and commits (the fsync) while
+        // they are applied here; replay reproduces the same results, failures included.
+        let record = encode_record(encoded.iter().map(Vec::as_slice));
+        wal.bytes_since_checkpoint += record.len() as u64;
+        let logged = wal
+            .log
+            .submit(Some((lsn, record.clone())), wal.trim_upto.take())?;
+        wal.next_lsn = lsn + 1;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::None)?;
         let (results, changes, record) = {
             let mut w = Writer::open(&txn, &self.options)?;
-            // The log gets the writes as requested, and commits (the fsync) while they are
-            // applied here; replay reproduces the same results, failures included.
-            let record = encode_record(w.seq, encoded.iter().map(Vec::as_slice));
-            wal.bytes_since_checkpoint += record.len() as u64;
-            let logged = wal
-                .log
-                .submit(Some((lsn, record.clone())), wal.trim_upto.take())?;
-            wal.next_lsn = lsn + 1;
             let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
             w.applied_lsn = Some(lsn);
             let finished = w.finish();
@@ -1556,13 +1556,12 @@ fn encode_op(op: &WriteOp) -> Vec<u8> {
     out
 }
 
-/// A log record: format byte, the update seq before the group commit (u64 BE), then each
-/// write as a u32 BE length and its CBOR.
-fn encode_record<'a>(seq_before: u64, ops: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
+/// A log record: format byte, 8 reserved bytes (zero), then each write as a u32 BE length and its CBOR.
+fn encode_record<'a>(ops: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
     let len = 9 + ops.clone().map(|op| 4 + op.len()).sum::<usize>();
     let mut out = Vec::with_capacity(len);
     out.push(RECORD_FORMAT);
-    out.extend_from_slice(&seq_before.to_be_bytes());
+    out.extend_from_slice(&[0; 8]);
     for op in ops {
         out.extend_from_slice(&(op.len() as u32).to_be_bytes());
         out.extend_from_slice(op);
