@@ -5,15 +5,17 @@
 //!
 //! One direction works in batches: read the source's changes after the checkpoint, ask the
 //! target which revisions it lacks (`_revs_diff`), fetch them with their history and
-//! attachments (`_bulk_get`), write them as they are (`_bulk_docs`, `new_edits=false`); the
-//! next batch is read while the previous one is written. The checkpoint in `_local/` on both
-//! sides records only what the target has committed, after the first batch, then at most once
-//! a second and whenever the source has nothing more, so a restart, or a peer that comes back
+//! attachments (`_bulk_get`, two requests at once from a remote source), write them as they
+//! are (`_bulk_docs`, `new_edits=false`); the next batch is read while the previous one is
+//! written. The checkpoint in `_local/` on both sides records only what the target has
+//! committed (`_ensure_full_commit` first), after the first batch, then at most once a second
+//! and whenever the source has nothing more, so a restart, or a peer that comes back
 //! after months, resumes where it stopped (reading again at most the last second's batches).
 //! Continuous tasks then wait for the next change (the listener hub locally, a longpoll feed
 //! remotely), never in a sleep loop. Errors are retried with exponential backoff and jitter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,6 +29,7 @@ use cooper_protocols::document::{self, revisions_json};
 use cooper_protocols::ids::Rev;
 use cooper_protocols::topic::{change_topics, TopicFilter, TopicTrie};
 use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesOrdered, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -39,7 +42,9 @@ use crate::listener::Since;
 
 /// Changes read per batch.
 pub const BATCH: usize = 500;
-/// Revisions fetched per `_bulk_get`.
+/// Revisions fetched per `bulk_get` (fewer when they are large: about [`WRITE_BUDGET`] bytes).
+/// Larger requests to a remote source are no faster; two at once are (see
+/// [`Endpoint::fetches_in_flight`]).
 const FETCH: usize = 100;
 /// Longest wait of a longpoll on a remote source before asking again.
 const LONGPOLL: Duration = Duration::from_secs(55);
@@ -106,6 +111,26 @@ pub struct ChangesBatch {
     pub last_seq: String,
 }
 
+/// A revision on its way from a source to a target: the document (with `_revisions` and
+/// attachments inline) and its JSON, serialized once: it sizes the write requests and is what
+/// an HTTP target is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Revision {
+    /// The document.
+    pub doc: Value,
+    /// `doc` as JSON.
+    pub json: Vec<u8>,
+}
+
+impl Revision {
+    /// A revision and its JSON.
+    pub fn new(doc: Value) -> Self {
+        // A `Value` always serializes (its keys are strings).
+        let json = serde_json::to_vec(&doc).unwrap_or_default();
+        Self { doc, json }
+    }
+}
+
 /// One side of a replication. Futures are local: tasks run on the actix system thread.
 pub trait Endpoint: std::fmt::Debug {
     /// A stable description (for the replication id and messages).
@@ -121,8 +146,17 @@ pub trait Endpoint: std::fmt::Debug {
     ) -> LocalBoxFuture<'_, Res<BTreeMap<String, Vec<Rev>>>>;
     /// The given revisions with `_revisions` and attachments inline (`data`).
     fn bulk_get(&self, asked: Vec<(String, Rev)>) -> LocalBoxFuture<'_, Res<Vec<Value>>>;
-    /// Writes revisions as they are (`new_edits=false`); returns how many failed.
-    fn bulk_docs(&self, docs: Vec<Value>) -> LocalBoxFuture<'_, Res<usize>>;
+    /// How many `bulk_get`s a task keeps in flight: more than one overlaps a remote
+    /// source's work with the task's own (a local source answers at once).
+    fn fetches_in_flight(&self) -> usize {
+        1
+    }
+    /// Writes revisions as they are (`new_edits=false`); returns how many failed. The writes
+    /// may not be durable before [`Endpoint::ensure_full_commit`].
+    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>>;
+    /// Makes every write acknowledged so far durable (called before a checkpoint records
+    /// them, as CouchDB's replicator does).
+    fn ensure_full_commit(&self) -> LocalBoxFuture<'_, Res<()>>;
     /// A local document.
     fn get_local<'a>(&'a self, id: &'a str) -> LocalBoxFuture<'a, Res<Option<Value>>>;
     /// Writes a local document (overwriting whatever is there).
@@ -235,12 +269,12 @@ impl Endpoint for LocalEndpoint {
         })
     }
 
-    fn bulk_docs(&self, docs: Vec<Value>) -> LocalBoxFuture<'_, Res<usize>> {
+    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
         Box::pin(async move {
             let mut failed = 0;
             let mut ops = Vec::with_capacity(docs.len());
             for d in docs {
-                match document::split(d) {
+                match document::split(d.doc.clone()) {
                     Ok(doc) => ops.push(WriteOp::Replicate(doc)),
                     Err(_) => failed += 1,
                 }
@@ -248,6 +282,11 @@ impl Endpoint for LocalEndpoint {
             let results = self.barrel.write(ops).await?;
             Ok(failed + results.iter().filter(|r| r.is_err()).count())
         })
+    }
+
+    fn ensure_full_commit(&self) -> LocalBoxFuture<'_, Res<()>> {
+        // A barrel's writes are durable when acknowledged.
+        Box::pin(async { Ok(()) })
     }
 
     fn get_local<'a>(&'a self, id: &'a str) -> LocalBoxFuture<'a, Res<Option<Value>>> {
@@ -292,6 +331,9 @@ pub struct HttpEndpoint {
     base: String,
     auth: Option<String>,
     client: awc::Client,
+    /// The `_rev` of each local document (checkpoint) as last read or written through this
+    /// endpoint (`None`: there was none), so that a checkpoint is one PUT, not a GET and a PUT.
+    local_revs: Arc<Mutex<BTreeMap<String, Option<String>>>>,
 }
 
 impl std::fmt::Debug for HttpEndpoint {
@@ -330,6 +372,7 @@ impl HttpEndpoint {
             base: format!("{scheme}://{}", hostpath.trim_end_matches('/')),
             auth,
             client,
+            local_revs: Arc::default(),
         })
     }
 
@@ -338,6 +381,18 @@ impl HttpEndpoint {
         method: awc::http::Method,
         path: &str,
         body: Option<&Value>,
+    ) -> Res<(u16, Value)> {
+        // A `Value` always serializes (its keys are strings).
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        self.send(method, path, body).await
+    }
+
+    /// A request with a body of JSON already serialized.
+    async fn send(
+        &self,
+        method: awc::http::Method,
+        path: &str,
+        body: Option<Vec<u8>>,
     ) -> Res<(u16, Value)> {
         let url = format!("{}{path}", self.base);
         let unreachable = |reason: String| ReplicationError::Unreachable {
@@ -352,7 +407,11 @@ impl HttpEndpoint {
             req = req.insert_header(("Authorization", a.as_str()));
         }
         let sent = match body {
-            Some(b) => req.send_json(b).await,
+            Some(b) => {
+                req.insert_header(("Content-Type", "application/json"))
+                    .send_body(b)
+                    .await
+            }
             None => req.send().await,
         };
         let mut res = sent.map_err(|e| unreachable(e.to_string()))?;
@@ -375,6 +434,11 @@ impl HttpEndpoint {
 
     async fn ok(&self, method: awc::http::Method, path: &str, body: Option<&Value>) -> Res<Value> {
         let (status, v) = self.call(method, path, body).await?;
+        self.answer(path, status, v)
+    }
+
+    /// The body of a 2xx answer, else the error the status means.
+    fn answer(&self, path: &str, status: u16, v: Value) -> Res<Value> {
         if (200..300).contains(&status) {
             Ok(v)
         } else if status == 413 {
@@ -402,6 +466,21 @@ impl HttpEndpoint {
             endpoint: self.base.clone(),
             reason: reason.into(),
         }
+    }
+
+    /// The `_rev` of local document `id` as last seen: `None` when unknown, `Some(None)` when
+    /// there was no such document.
+    fn local_rev(&self, id: &str) -> Option<Option<String>> {
+        let revs = self.local_revs.lock().unwrap_or_else(|e| e.into_inner());
+        revs.get(id).cloned()
+    }
+
+    fn note_local_rev(&self, id: &str, rev: Option<Option<String>>) {
+        let mut revs = self.local_revs.lock().unwrap_or_else(|e| e.into_inner());
+        match rev {
+            Some(r) => revs.insert(id.to_owned(), r),
+            None => revs.remove(id),
+        };
     }
 }
 
@@ -434,6 +513,14 @@ fn encode_component(s: &str) -> String {
         }
     }
     out
+}
+
+/// Member `key` of a JSON object, taken out of it.
+fn field(v: Value, key: &str) -> Option<Value> {
+    match v {
+        Value::Object(mut map) => map.remove(key),
+        _ => None,
+    }
 }
 
 fn seq_text(v: &Value) -> String {
@@ -553,22 +640,15 @@ impl Endpoint for HttpEndpoint {
                 )
                 .await?;
             if (200..300).contains(&status) {
-                let mut out = Vec::new();
-                for r in v
-                    .get("results")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| self.bad("_bulk_get without results"))?
-                {
-                    for d in r
-                        .get("docs")
-                        .and_then(Value::as_array)
-                        .into_iter()
-                        .flatten()
-                    {
-                        if let Some(ok) = d.get("ok") {
-                            out.push(ok.clone());
-                        }
-                    }
+                let mut out = Vec::with_capacity(asked.len());
+                let Some(Value::Array(results)) = field(v, "results") else {
+                    return Err(self.bad("_bulk_get without results"));
+                };
+                for r in results {
+                    let Some(Value::Array(docs)) = field(r, "docs") else {
+                        continue;
+                    };
+                    out.extend(docs.into_iter().filter_map(|d| field(d, "ok")));
                 }
                 return Ok(out);
             }
@@ -581,40 +661,55 @@ impl Endpoint for HttpEndpoint {
                     encode_component(&json!([rev.to_string()]).to_string())
                 );
                 let v = self.ok(awc::http::Method::GET, &path, None).await?;
-                for d in v.as_array().into_iter().flatten() {
-                    if let Some(ok) = d.get("ok") {
-                        out.push(ok.clone());
-                    }
+                if let Value::Array(found) = v {
+                    out.extend(found.into_iter().filter_map(|d| field(d, "ok")));
                 }
             }
             Ok(out)
         })
     }
 
-    fn bulk_docs(&self, docs: Vec<Value>) -> LocalBoxFuture<'_, Res<usize>> {
+    fn fetches_in_flight(&self) -> usize {
+        2
+    }
+
+    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
         Box::pin(async move {
-            let v = self
-                .ok(
-                    awc::http::Method::POST,
-                    "/_bulk_docs",
-                    Some(&json!({"docs": docs, "new_edits": false})),
-                )
+            // {"docs": [...], "new_edits": false} from the documents' JSON as it is.
+            let len = docs.iter().map(|d| d.json.len() + 1).sum::<usize>();
+            let mut body = Vec::with_capacity(len + 32);
+            body.extend_from_slice(b"{\"docs\":[");
+            for (i, d) in docs.iter().enumerate() {
+                if i > 0 {
+                    body.push(b',');
+                }
+                body.extend_from_slice(&d.json);
+            }
+            body.extend_from_slice(b"],\"new_edits\":false}");
+            let (status, v) = self
+                .send(awc::http::Method::POST, "/_bulk_docs", Some(body))
                 .await?;
-            let failed = v
-                .as_array()
+            let v = self.answer("/_bulk_docs", status, v)?;
+            Ok(v.as_array()
                 .into_iter()
                 .flatten()
                 .filter(|r| r.get("error").is_some())
-                .count();
-            // CouchDB acknowledges before fsync unless asked.
-            let _ = self
-                .call(
-                    awc::http::Method::POST,
-                    "/_ensure_full_commit",
-                    Some(&json!({})),
-                )
-                .await;
-            Ok(failed)
+                .count())
+        })
+    }
+
+    fn ensure_full_commit(&self) -> LocalBoxFuture<'_, Res<()>> {
+        Box::pin(async move {
+            // CouchDB and PouchDB may acknowledge writes before they are durable; a Cooper
+            // node answers at once. A peer without the route has nothing to commit.
+            let path = "/_ensure_full_commit";
+            let (status, v) = self
+                .call(awc::http::Method::POST, path, Some(&json!({})))
+                .await?;
+            if matches!(status, 404 | 405 | 501) {
+                return Ok(());
+            }
+            self.answer(path, status, v).map(drop)
         })
     }
 
@@ -626,8 +721,15 @@ impl Endpoint for HttpEndpoint {
             );
             let (status, v) = self.call(awc::http::Method::GET, &path, None).await?;
             match status {
-                200 => Ok(Some(v)),
-                404 => Ok(None),
+                200 => {
+                    let rev = v.get("_rev").and_then(Value::as_str).map(str::to_owned);
+                    self.note_local_rev(id, Some(rev));
+                    Ok(Some(v))
+                }
+                404 => {
+                    self.note_local_rev(id, Some(None));
+                    Ok(None)
+                }
                 s => Err(self.bad(format!("{path}: HTTP {s}"))),
             }
         })
@@ -639,13 +741,36 @@ impl Endpoint for HttpEndpoint {
                 "/_local/{}",
                 encode_component(id.trim_start_matches("_local/"))
             );
-            if let Some(current) = self.get_local(id).await? {
-                if let Some(rev) = current.get("_rev") {
-                    body["_rev"] = rev.clone();
-                }
+            // One PUT with the `_rev` this endpoint last saw; when it is unknown, or stale
+            // (409: someone else wrote the document), a GET for the current one first.
+            let mut read = false;
+            if self.local_rev(id).is_none() {
+                self.get_local(id).await?;
+                read = true;
             }
-            self.ok(awc::http::Method::PUT, &path, Some(&body)).await?;
-            Ok(())
+            loop {
+                if let Value::Object(map) = &mut body {
+                    match self.local_rev(id).flatten() {
+                        Some(rev) => map.insert("_rev".into(), Value::String(rev)),
+                        None => map.remove("_rev"),
+                    };
+                }
+                let (status, v) = self
+                    .call(awc::http::Method::PUT, &path, Some(&body))
+                    .await?;
+                if status == 409 && !read {
+                    self.get_local(id).await?;
+                    read = true;
+                    continue;
+                }
+                let v = self.answer(&path, status, v).inspect_err(|_| {
+                    self.note_local_rev(id, None);
+                })?;
+                let rev = v.get("rev").and_then(Value::as_str).map(str::to_owned);
+                // Without a rev in the answer, the next write reads the current one first.
+                self.note_local_rev(id, rev.map(Some));
+                return Ok(());
+            }
         })
     }
 }
@@ -801,7 +926,8 @@ pub async fn replicate_once(
                 Step::Batch { read, last_seq } => {
                     done = last_seq;
                     pending = true;
-                    // The target committed the batch (its bulk_docs answered).
+                    // The target acknowledged the batch (its bulk_docs answered); the
+                    // checkpoint makes it durable first (ensure_full_commit).
                     if recorded.is_none_or(|t| t.elapsed() >= CHECKPOINT_EVERY) {
                         checkpoint.record(source, target, &done).await?;
                         pending = false;
@@ -847,7 +973,7 @@ pub async fn replicate_once(
 /// What the reader of [`replicate_once`] hands its writer, in order.
 enum Step {
     /// Revisions to write as they are (a group of about [`WRITE_BUDGET`] bytes).
-    Docs(Vec<Value>),
+    Docs(Vec<Revision>),
     /// The end of a batch of `read` changes: every revision of it that the target lacked
     /// (and that passes the filters) was in the `Docs` before.
     Batch { read: u64, last_seq: String },
@@ -859,7 +985,8 @@ enum Step {
 }
 
 /// The reader of [`replicate_once`]: batches of changes after `since`, the revisions the
-/// target lacks, fetched from the source. Returns when the writer is gone.
+/// target lacks, fetched from the source ([`Endpoint::fetches_in_flight`] requests at a time;
+/// each document serialized once, here). Returns when the writer is gone.
 async fn read_ahead(
     source: &dyn Endpoint,
     target: &dyn Endpoint,
@@ -868,6 +995,9 @@ async fn read_ahead(
     continuous: bool,
     tx: &mpsc::Sender<Step>,
 ) -> Res<()> {
+    let parallel = source.fetches_in_flight().max(1);
+    // The JSON size of a revision of the last `bulk_get` (unknown before the first).
+    let mut per_doc: Option<usize> = None;
     loop {
         let batch = source.changes(&since, BATCH).await?;
         if batch.rows.is_empty() {
@@ -894,22 +1024,46 @@ async fn read_ahead(
             .collect();
         // The whole batch goes to the target in as few commits as its size allows: each
         // commit costs the target an fsync and its page writes, whatever it holds.
-        let mut ready: Vec<Value> = Vec::new();
+        let mut ready: Vec<Revision> = Vec::new();
         let mut ready_bytes = 0;
-        for (i, chunk) in wanted.chunks(FETCH).enumerate() {
-            for d in source.bulk_get(chunk.to_vec()).await? {
+        // Revisions wanted[..next] are asked for: `fetching` in flight, in order, then
+        // `fetched`, the answers that came while a step was handed to the writer.
+        let mut next = 0;
+        let mut fetching = FuturesOrdered::new();
+        let mut fetched = VecDeque::new();
+        loop {
+            // Before the first answer tells how large revisions are, one request alone.
+            let in_flight = if per_doc.is_some() { parallel } else { 1 };
+            while fetching.len() + fetched.len() < in_flight && next < wanted.len() {
+                // FETCH revisions, or fewer when about WRITE_BUDGET bytes.
+                let n = per_doc.map_or(FETCH, |b| (WRITE_BUDGET / b.max(1)).clamp(1, FETCH));
+                let end = wanted.len().min(next + n);
+                fetching.push_back(source.bulk_get(wanted[next..end].to_vec()));
+                next = end;
+            }
+            let docs = match fetched.pop_front() {
+                Some(docs) => docs,
+                None => match fetching.next().await {
+                    Some(docs) => docs,
+                    None => break,
+                },
+            };
+            let (mut bytes, mut count) = (0, 0);
+            for d in docs? {
                 if passes(filters, &d) {
-                    ready_bytes += serde_json::to_vec(&d).map_or(0, |v| v.len());
-                    ready.push(d);
+                    let r = Revision::new(d);
+                    bytes += r.json.len();
+                    count += 1;
+                    ready.push(r);
                 }
             }
-            let last = (i + 1) * FETCH >= wanted.len();
+            // Unchanged when every revision was filtered out.
+            per_doc = bytes.checked_div(count).or(per_doc);
+            ready_bytes += bytes;
+            let last = next >= wanted.len() && fetching.is_empty() && fetched.is_empty();
             if ready_bytes >= WRITE_BUDGET || (last && !ready.is_empty()) {
-                if tx
-                    .send(Step::Docs(std::mem::take(&mut ready)))
-                    .await
-                    .is_err()
-                {
+                let step = Step::Docs(std::mem::take(&mut ready));
+                if !send_fetching(tx, step, &mut fetching, &mut fetched).await {
                     return Ok(());
                 }
                 ready_bytes = 0;
@@ -930,6 +1084,24 @@ async fn read_ahead(
     }
 }
 
+/// Hands `step` to the writer (false when it is gone) while the requests in flight go on:
+/// their answers are kept in `fetched`, in order.
+async fn send_fetching<F: Future>(
+    tx: &mpsc::Sender<Step>,
+    step: Step,
+    fetching: &mut FuturesOrdered<F>,
+    fetched: &mut VecDeque<F::Output>,
+) -> bool {
+    let mut send = std::pin::pin!(tx.send(step));
+    loop {
+        tokio::select! {
+            biased;
+            sent = &mut send => return sent.is_ok(),
+            Some(docs) = fetching.next(), if !fetching.is_empty() => fetched.push_back(docs),
+        }
+    }
+}
+
 /// The checkpoint of one direction of a task, as this run records it.
 struct Checkpoint<'a> {
     id: &'a str,
@@ -938,8 +1110,8 @@ struct Checkpoint<'a> {
 }
 
 impl Checkpoint<'_> {
-    /// Records that the target committed everything up to `seq`: on the target, then on the
-    /// source (a durable commit on each).
+    /// Records that the target committed everything up to `seq`: makes the target's writes
+    /// durable, then records it on the target, then on the source (a durable commit on each).
     async fn record(&mut self, source: &dyn Endpoint, target: &dyn Endpoint, seq: &str) -> Res<()> {
         self.history
             .insert(0, json!({"session_id": self.session, "recorded_seq": seq}));
@@ -951,6 +1123,8 @@ impl Checkpoint<'_> {
             "replicator": "cooper",
             "version": 1,
         });
+        // The target's writes are durable before a checkpoint records them.
+        target.ensure_full_commit().await?;
         target.put_local(self.id, cp.clone()).await?;
         source.put_local(self.id, cp).await?;
         Ok(())
@@ -960,13 +1134,13 @@ impl Checkpoint<'_> {
 /// Writes documents to `target` in requests under a byte budget (attachments travel inline);
 /// a target with a smaller request limit answers 413, and the group is halved and retried.
 /// Returns (written, failed).
-async fn write_all(target: &dyn Endpoint, docs: Vec<Value>) -> Res<(u64, u64)> {
+async fn write_all(target: &dyn Endpoint, docs: Vec<Revision>) -> Res<(u64, u64)> {
     let (mut written, mut failed) = (0, 0);
     let mut pending = by_size(docs, WRITE_BUDGET);
     pending.reverse();
     while let Some(group) = pending.pop() {
         let n = group.len() as u64;
-        match target.bulk_docs(group.clone()).await {
+        match target.bulk_docs(&group).await {
             Ok(f) => {
                 written += n - f as u64;
                 failed += f as u64;
@@ -984,12 +1158,12 @@ async fn write_all(target: &dyn Endpoint, docs: Vec<Value>) -> Res<(u64, u64)> {
 }
 
 /// Splits documents into groups of at most `budget` bytes of JSON (a larger one alone).
-fn by_size(docs: Vec<Value>, budget: usize) -> Vec<Vec<Value>> {
+fn by_size(docs: Vec<Revision>, budget: usize) -> Vec<Vec<Revision>> {
     let mut groups = Vec::new();
     let mut current = Vec::new();
     let mut size = 0;
     for d in docs {
-        let n = serde_json::to_vec(&d).map_or(0, |v| v.len());
+        let n = d.json.len();
         if !current.is_empty() && size + n > budget {
             groups.push(std::mem::take(&mut current));
             size = 0;
@@ -1309,6 +1483,13 @@ mod tests {
         /// Another spy's `changes` count, noted when each `bulk_docs` returns.
         watch: Option<Rc<Cell<usize>>>,
         seen: Rc<RefCell<Vec<usize>>>,
+        /// The writes asked of it, in order: `bulk_docs`, `ensure_full_commit`, `put_local`.
+        calls: RefCell<Vec<&'static str>>,
+        /// The number of revisions asked by each `bulk_get`, and how many `bulk_get`s were in
+        /// flight then; its `fetches_in_flight`.
+        fetched: RefCell<Vec<(usize, usize)>>,
+        in_flight: Rc<Cell<usize>>,
+        fetches_in_flight: usize,
     }
 
     impl Spy {
@@ -1323,6 +1504,10 @@ mod tests {
                 waits: Rc::default(),
                 watch: None,
                 seen: Rc::default(),
+                calls: RefCell::default(),
+                fetched: RefCell::default(),
+                in_flight: Rc::default(),
+                fetches_in_flight: 1,
             }
         }
     }
@@ -1358,11 +1543,24 @@ mod tests {
             self.inner.revs_diff(asked)
         }
         fn bulk_get(&self, asked: Vec<(String, Rev)>) -> LocalBoxFuture<'_, Res<Vec<Value>>> {
-            self.inner.bulk_get(asked)
+            let in_flight = self.in_flight.clone();
+            self.fetched
+                .borrow_mut()
+                .push((asked.len(), in_flight.get()));
+            in_flight.set(in_flight.get() + 1);
+            Box::pin(async move {
+                let r = self.inner.bulk_get(asked).await;
+                in_flight.set(in_flight.get() - 1);
+                r
+            })
         }
-        fn bulk_docs(&self, docs: Vec<Value>) -> LocalBoxFuture<'_, Res<usize>> {
+        fn fetches_in_flight(&self) -> usize {
+            self.fetches_in_flight
+        }
+        fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
             let n = self.bulk_docs.get() + 1;
             self.bulk_docs.set(n);
+            self.calls.borrow_mut().push("bulk_docs");
             if n >= self.fail_bulk_docs_at {
                 return Box::pin(async { Err(down()) });
             }
@@ -1374,10 +1572,15 @@ mod tests {
                 r
             })
         }
+        fn ensure_full_commit(&self) -> LocalBoxFuture<'_, Res<()>> {
+            self.calls.borrow_mut().push("ensure_full_commit");
+            self.inner.ensure_full_commit()
+        }
         fn get_local<'a>(&'a self, id: &'a str) -> LocalBoxFuture<'a, Res<Option<Value>>> {
             self.inner.get_local(id)
         }
         fn put_local<'a>(&'a self, id: &'a str, body: Value) -> LocalBoxFuture<'a, Res<()>> {
+            self.calls.borrow_mut().push("put_local");
             self.inner.put_local(id, body)
         }
     }
@@ -1422,6 +1625,20 @@ mod tests {
         );
         assert_eq!(b.counts().unwrap().doc_count, N as u64);
         assert_eq!(dst.bulk_docs.get(), 4, "one write per batch");
+        // Each checkpoint on the target follows a full commit, and only checkpoints do.
+        let calls = dst.calls.borrow().clone();
+        let commits = calls.iter().filter(|c| **c == "ensure_full_commit").count();
+        assert!(
+            commits >= 2,
+            "after the first batch and at the end: {calls:?}"
+        );
+        for (i, c) in calls.iter().enumerate() {
+            match *c {
+                "put_local" => assert_eq!(calls[i - 1], "ensure_full_commit", "{calls:?}"),
+                "ensure_full_commit" => assert_eq!(calls[i + 1], "put_local", "{calls:?}"),
+                _ => {}
+            }
+        }
 
         let (src, dst) = (Spy::new(&a), Spy::new(&b));
         let (r, s) = run(&src, &dst).await;
@@ -1551,5 +1768,225 @@ mod tests {
         task.abort();
         assert!(task.await.is_err(), "still running until stopped");
         assert_eq!(b.counts().unwrap().doc_count, BATCH as u64 + 8);
+    }
+
+    #[actix_rt::test]
+    async fn a_remote_source_gets_two_bulk_gets_at_once_of_fewer_revisions_when_large() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (barrel(&dir, "a"), barrel(&dir, "b"));
+        fill(&a, 0, 2 * BATCH).await;
+        let mut src = Spy::new(&a);
+        src.fetches_in_flight = 2;
+        let (r, s) = run(&src, &Spy::new(&b)).await;
+        r.unwrap();
+        assert_eq!(s.docs_written, 2 * BATCH as u64);
+        // The first request alone, then two at a time, FETCH revisions each; all of a batch
+        // answered before the next.
+        let fetched = src.fetched.borrow().clone();
+        let per_batch = BATCH / FETCH;
+        assert_eq!(fetched.len(), 2 * per_batch, "{fetched:?}");
+        assert!(fetched.iter().all(|&(n, _)| n == FETCH), "{fetched:?}");
+        let in_flight: Vec<usize> = fetched.iter().map(|&(_, f)| f).collect();
+        let mut expected = vec![0, 0];
+        expected.extend([1].repeat(per_batch - 2));
+        expected.push(0);
+        expected.extend([1].repeat(per_batch - 1));
+        assert_eq!(in_flight, expected);
+
+        // Documents of 50 kB: a request asks for about WRITE_BUDGET bytes of them.
+        const BIG: usize = 50_000;
+        let (c, d) = (barrel(&dir, "c"), barrel(&dir, "d"));
+        let ops = (0..200)
+            .map(|n| {
+                let doc = json!({"_id": format!("big{n:03}"), "pad": "x".repeat(BIG)});
+                WriteOp::Edit(document::split(doc).unwrap())
+            })
+            .collect();
+        assert!(c.write(ops).await.unwrap().iter().all(Result::is_ok));
+        let mut src = Spy::new(&c);
+        src.fetches_in_flight = 2;
+        let dst = Spy::new(&d);
+        let (r, s) = run(&src, &dst).await;
+        r.unwrap();
+        assert_eq!(s.docs_written, 200);
+        let fetched: Vec<usize> = src.fetched.borrow().iter().map(|&(n, _)| n).collect();
+        assert_eq!(fetched[0], FETCH, "{fetched:?}");
+        assert_eq!(fetched.iter().sum::<usize>(), 200, "{fetched:?}");
+        assert!(
+            fetched[1..]
+                .iter()
+                .all(|&n| n <= WRITE_BUDGET / BIG && n > 1),
+            "{fetched:?}"
+        );
+        assert_eq!(d.counts().unwrap().doc_count, 200);
+        assert!(
+            dst.bulk_docs.get() >= 3,
+            "requests of WRITE_BUDGET bytes at most"
+        );
+    }
+
+    /// A CouchDB-like database over HTTP on its own threads: `_local` documents with their
+    /// revisions, `_ensure_full_commit` (or a 404 without `full_commit`), `_bulk_docs` (bodies
+    /// kept); every request is logged as "METHOD path".
+    #[derive(Clone, Default)]
+    struct Fake {
+        log: Arc<Mutex<Vec<String>>>,
+        locals: Arc<Mutex<BTreeMap<String, (u64, Value)>>>,
+        bodies: Arc<Mutex<Vec<Value>>>,
+        full_commit: bool,
+    }
+
+    impl Fake {
+        fn start(full_commit: bool) -> (Self, String) {
+            use std::net::TcpListener;
+            let fake = Fake {
+                full_commit,
+                ..Fake::default()
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}/db", listener.local_addr().unwrap());
+            let f = fake.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    let Ok(conn) = conn else { continue };
+                    let f = f.clone();
+                    std::thread::spawn(move || f.serve(conn));
+                }
+            });
+            (fake, url)
+        }
+
+        fn log(&self) -> Vec<String> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+
+        fn serve(&self, mut conn: std::net::TcpStream) {
+            use std::io::{Read, Write};
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let head_end = loop {
+                if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| {
+                    let (k, v) = l.split_once(':')?;
+                    k.eq_ignore_ascii_case("content-length").then(|| v.trim())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            while buf.len() < head_end + length {
+                match conn.read(&mut chunk) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let body: Value = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+            let mut words = head.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            self.log.lock().unwrap().push(format!("{method} {path}"));
+            let (status, answer) = self.answer(method, path, body);
+            let answer = answer.to_string();
+            let _ = conn.write_all(
+                format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .as_bytes(),
+            );
+        }
+
+        fn answer(&self, method: &str, path: &str, mut body: Value) -> (u16, Value) {
+            let mut locals = self.locals.lock().unwrap();
+            match (method, path.strip_prefix("/db/_local/")) {
+                ("GET", Some(id)) => match locals.get(id) {
+                    Some((n, v)) => {
+                        let mut v = v.clone();
+                        v["_id"] = json!(format!("_local/{id}"));
+                        v["_rev"] = json!(format!("0-{n}"));
+                        (200, v)
+                    }
+                    None => (404, json!({"error": "not_found"})),
+                },
+                ("PUT", Some(id)) => {
+                    let asked = body.as_object_mut().unwrap().remove("_rev");
+                    let current = locals.get(id).map(|(n, _)| json!(format!("0-{n}")));
+                    if asked != current {
+                        return (409, json!({"error": "conflict"}));
+                    }
+                    let n = locals.get(id).map_or(1, |(n, _)| n + 1);
+                    locals.insert(id.to_owned(), (n, body));
+                    (201, json!({"ok": true, "id": id, "rev": format!("0-{n}")}))
+                }
+                ("POST", _) if path == "/db/_ensure_full_commit" && self.full_commit => {
+                    (201, json!({"ok": true}))
+                }
+                ("POST", _) if path == "/db/_bulk_docs" => {
+                    self.bodies.lock().unwrap().push(body);
+                    (201, json!([]))
+                }
+                _ => (404, json!({"error": "not_found"})),
+            }
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_checkpoint_over_http_is_one_put_and_a_stale_rev_is_read_again() {
+        let (fake, url) = Fake::start(true);
+        let ep = HttpEndpoint::new(&url, None).unwrap();
+        let (get, put) = ("GET /db/_local/cp", "PUT /db/_local/cp");
+        // Unknown at first: read, then written.
+        ep.put_local("_local/cp", json!({"n": 1})).await.unwrap();
+        assert_eq!(fake.log(), [get, put]);
+        // Then written with the rev of the last write.
+        ep.put_local("_local/cp", json!({"n": 2})).await.unwrap();
+        assert_eq!(fake.log(), [put]);
+        // Someone else wrote it: the PUT is refused, the document read, the PUT done again.
+        fake.locals.lock().unwrap().get_mut("cp").unwrap().0 += 1;
+        ep.put_local("_local/cp", json!({"n": 3})).await.unwrap();
+        assert_eq!(fake.log(), [put, get, put]);
+        assert_eq!(fake.locals.lock().unwrap()["cp"], (4, json!({"n": 3})));
+
+        // A run reads the checkpoint when it starts: its first write is one PUT, as is the
+        // first write of a checkpoint that is not there.
+        let ep = HttpEndpoint::new(&url, None).unwrap();
+        let cp = ep.get_local("_local/cp").await.unwrap().unwrap();
+        assert_eq!((&cp["n"], &cp["_rev"]), (&json!(3), &json!("0-4")));
+        ep.put_local("_local/cp", json!({"n": 4})).await.unwrap();
+        assert_eq!(ep.get_local("_local/new").await.unwrap(), None);
+        ep.put_local("_local/new", json!({"n": 1})).await.unwrap();
+        assert_eq!(
+            fake.log(),
+            [get, put, "GET /db/_local/new", "PUT /db/_local/new"]
+        );
+        assert_eq!(fake.locals.lock().unwrap()["cp"], (5, json!({"n": 4})));
+
+        // Writes are a _bulk_docs each, with no commit; the commit is asked for apart.
+        let docs = vec![
+            Revision::new(json!({"_id": "a", "_rev": "1-ab", "x": [1, {"y": "é\n"}]})),
+            Revision::new(json!({"_id": "b", "_rev": "2-cd", "_deleted": true})),
+        ];
+        assert_eq!(ep.bulk_docs(&docs).await.unwrap(), 0);
+        assert_eq!(fake.log(), ["POST /db/_bulk_docs"]);
+        assert_eq!(
+            fake.bodies.lock().unwrap().pop().unwrap(),
+            json!({"docs": [docs[0].doc, docs[1].doc], "new_edits": false})
+        );
+        ep.ensure_full_commit().await.unwrap();
+        assert_eq!(fake.log(), ["POST /db/_ensure_full_commit"]);
+
+        // A peer without _ensure_full_commit has nothing to commit.
+        let (fake, url) = Fake::start(false);
+        let ep = HttpEndpoint::new(&url, None).unwrap();
+        ep.ensure_full_commit().await.unwrap();
+        assert_eq!(fake.log(), ["POST /db/_ensure_full_commit"]);
     }
 }
