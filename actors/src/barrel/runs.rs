@@ -37,8 +37,10 @@ pub const RUN_BLOCKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inde
 pub const RUN_META: TableDefinition<u64, &[u8]> = TableDefinition::new("index_run_meta");
 
 /// Target size of a block: a block is closed before an entry would take it past this (a
-/// block with a single entry may be larger).
-pub const BLOCK_BYTES: usize = 8192;
+/// block with a single entry may be larger). With its redb key a block then fits one 4 KiB
+/// page: larger blocks take the next page size up (8 KiB blocks filled 16 KiB pages, and
+/// doubled the file).
+pub const BLOCK_BYTES: usize = 3900;
 /// Runs per level that trigger a merge of the level into one run of the next level.
 pub const FANOUT: usize = 8;
 /// Longest key a run stores.
