@@ -21,12 +21,16 @@
 //! - (a) the actor: one writer, one `put` per document (each a commit of one).
 //! - (b) the actor: 16 concurrent writers (`actix_rt::spawn`ed tasks), one `put` per document.
 //! - (ii) redb directly: exactly the entries the store writes for those documents (doc info,
-//!   body, feed entry, path index entries, 3 counters per transaction), 1000 documents per
+//!   body, feed entry, the path index keys as one run per transaction (`runs::RunWriter`),
+//!   the counters and `applied_lsn`), 1000 documents per
 //!   transaction; all keys and values are computed before the clock starts. After the run the
 //!   store's file from (c) is compared with them (a WARNING line says when the store's write
 //!   path changed and this mirror needs following).
 //! - (c) the actor: `write` of 1000 `WriteOp::Edit` per call, one call at a time (the JSON
 //!   is built and split into `IncomingDoc`s before the clock starts).
+//! - The actor's store acknowledges a group commit when its write-ahead log record is durable
+//!   (`Durability::Immediate` on the log file) and checkpoints the barrel file every second;
+//!   the checkpoints' fsyncs happen inside the measured turns.
 //! - reads: point reads of random ids from one thread, through `BarrelHandle::get`,
 //!   `Store::get`, and redb directly on the (ii) file (with and without decoding).
 //! - diagnostics, not targets: (i*) and (b*) are (ii) with 1 and 16 documents per
