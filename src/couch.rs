@@ -227,37 +227,51 @@ pub async fn bulk_get(
     })?;
     let attachments = flag("attachments", params.attachments.as_deref())?;
     let latest = flag("latest", params.latest.as_deref())?;
-    let mut results = Vec::with_capacity(asked.docs.len());
-    for a in asked.docs {
+    // Check every request first, then read all the valid ones on one read transaction.
+    let checked: Vec<(Asked, Result<OpenRevs, String>)> = asked
+        .docs
+        .into_iter()
+        .map(|a| {
+            let which = match (
+                validate_doc_id(&a.id),
+                a.rev.as_deref().map(Rev::parse).transpose(),
+            ) {
+                (Err(e), _) => Err(e.to_string()),
+                (_, Err(e)) => Err(e.to_string()),
+                (Ok(()), Ok(None)) => Ok(OpenRevs::All),
+                (Ok(()), Ok(Some(r))) if latest => Ok(OpenRevs::Latest(vec![r])),
+                (Ok(()), Ok(Some(r))) => Ok(OpenRevs::Revs(vec![r])),
+            };
+            (a, which)
+        })
+        .collect();
+    let reads: Vec<(String, OpenRevs)> = checked
+        .iter()
+        .filter_map(|(a, w)| w.as_ref().ok().map(|w| (a.id.clone(), w.clone())))
+        .collect();
+    let mut found = b.open_revs_many(&reads)?.into_iter();
+    let mut results = Vec::with_capacity(checked.len());
+    for (a, which) in checked {
         let error = |rev: Option<&str>, e: &str, reason: &str| json!({"error": {"id": a.id, "rev": rev.unwrap_or("undefined"), "error": e, "reason": reason}});
-        let docs = match (
-            validate_doc_id(&a.id),
-            a.rev.as_deref().map(Rev::parse).transpose(),
-        ) {
-            (Err(e), _) => vec![error(a.rev.as_deref(), "bad_request", &e.to_string())],
-            (_, Err(e)) => vec![error(a.rev.as_deref(), "bad_request", &e.to_string())],
-            (Ok(()), Ok(rev)) => {
-                let which = match rev {
-                    None => OpenRevs::All,
-                    Some(r) if latest => OpenRevs::Latest(vec![r]),
-                    Some(r) => OpenRevs::Revs(vec![r]),
-                };
-                match b.open_revs(&a.id, &which) {
-                    Err(BarrelError::NotFound(_)) => {
-                        vec![error(a.rev.as_deref(), "not_found", "missing")]
-                    }
-                    Err(e) => return Err(e.into()),
-                    Ok(found) => found
-                        .into_iter()
-                        .map(|r| match r {
-                            OpenRev::Ok(d) => Ok(json!({"ok": couch_doc(&b, &d, attachments)?})),
-                            OpenRev::Missing(rev) => {
-                                Ok(error(Some(&rev.to_string()), "not_found", "missing"))
-                            }
-                        })
-                        .collect::<Result<_, ApiError>>()?,
+        let docs = match which {
+            Err(reason) => vec![error(a.rev.as_deref(), "bad_request", &reason)],
+            Ok(_) => match found.next().ok_or_else(|| {
+                ApiError::from(BarrelError::Storage("_bulk_get lost a read".into()))
+            })? {
+                Err(BarrelError::NotFound(_)) => {
+                    vec![error(a.rev.as_deref(), "not_found", "missing")]
                 }
-            }
+                Err(e) => return Err(e.into()),
+                Ok(found) => found
+                    .into_iter()
+                    .map(|r| match r {
+                        OpenRev::Ok(d) => Ok(json!({"ok": couch_doc(&b, &d, attachments)?})),
+                        OpenRev::Missing(rev) => {
+                            Ok(error(Some(&rev.to_string()), "not_found", "missing"))
+                        }
+                    })
+                    .collect::<Result<_, ApiError>>()?,
+            },
         };
         results.push(json!({"id": a.id, "docs": docs}));
     }

@@ -432,6 +432,15 @@ impl BarrelHandle {
         self.store.open_revs(id, which)
     }
 
+    /// `open_revs` of several documents on one read transaction; see
+    /// [`Store::open_revs_many`].
+    pub fn open_revs_many(
+        &self,
+        asked: &[(String, OpenRevs)],
+    ) -> Result<Vec<Result<Vec<OpenRev>, BarrelError>>, BarrelError> {
+        self.store.open_revs_many(asked)
+    }
+
     /// Live documents by id; see [`Store::all_docs`].
     pub fn all_docs(
         &self,

@@ -1039,41 +1039,22 @@ impl Store {
         let txn = self.read()?;
         let docs = txn.open_table(DOCS)?;
         let bodies = txn.open_table(BODIES)?;
-        let info = load_info(&docs, id)?;
-        let revs: Vec<Rev> = match (which, &info) {
-            (OpenRevs::All, Some(info)) => info.tree.leaves().into_iter().map(|l| l.rev).collect(),
-            (OpenRevs::All, None) => return Err(BarrelError::not_found("missing")),
-            (OpenRevs::Revs(revs), _) => revs.clone(),
-            (OpenRevs::Latest(revs), None) => revs.clone(),
-            (OpenRevs::Latest(revs), Some(info)) => {
-                let leaves = info.tree.leaves();
-                let mut out = Vec::new();
-                for rev in revs {
-                    if !info.tree.contains(rev) || info.tree.is_leaf(rev) {
-                        out.push(*rev);
-                        continue;
-                    }
-                    for l in &leaves {
-                        if info.tree.history(&l.rev).contains(rev) && !out.contains(&l.rev) {
-                            out.push(l.rev);
-                        }
-                    }
-                }
-                out
-            }
-        };
-        let mut out = Vec::with_capacity(revs.len());
-        for rev in revs {
-            let found = match &info {
-                Some(info) => read_revision(&bodies, id, &rev)?.map(|mut d| {
-                    d.history = Some(info.tree.history(&rev));
-                    d
-                }),
-                None => None,
-            };
-            out.push(found.map_or(OpenRev::Missing(rev), OpenRev::Ok));
-        }
-        Ok(out)
+        open_revs_in(&docs, &bodies, id, which)
+    }
+
+    /// [`Store::open_revs`] of several documents, on one read transaction (CouchDB's
+    /// `_bulk_get`); one result per request, in order.
+    pub fn open_revs_many(
+        &self,
+        asked: &[(String, OpenRevs)],
+    ) -> Result<Vec<Result<Vec<OpenRev>, BarrelError>>, BarrelError> {
+        let txn = self.read()?;
+        let docs = txn.open_table(DOCS)?;
+        let bodies = txn.open_table(BODIES)?;
+        Ok(asked
+            .iter()
+            .map(|(id, which)| open_revs_in(&docs, &bodies, id, which))
+            .collect())
     }
 
     /// Live documents by id, in id order (or reversed), from `start` to `end` (inclusive
@@ -2279,6 +2260,54 @@ impl<'t> Writer<'t> {
         }
         Ok(())
     }
+}
+
+/// [`Store::open_revs`] on open tables.
+fn open_revs_in<D, B>(
+    docs: &D,
+    bodies: &B,
+    id: &str,
+    which: &OpenRevs,
+) -> Result<Vec<OpenRev>, BarrelError>
+where
+    D: ReadableTable<&'static str, &'static [u8]>,
+    B: ReadableTable<&'static [u8], &'static [u8]>,
+{
+    let info = load_info(docs, id)?;
+    let revs: Vec<Rev> = match (which, &info) {
+        (OpenRevs::All, Some(info)) => info.tree.leaves().into_iter().map(|l| l.rev).collect(),
+        (OpenRevs::All, None) => return Err(BarrelError::not_found("missing")),
+        (OpenRevs::Revs(revs), _) => revs.clone(),
+        (OpenRevs::Latest(revs), None) => revs.clone(),
+        (OpenRevs::Latest(revs), Some(info)) => {
+            let leaves = info.tree.leaves();
+            let mut out = Vec::new();
+            for rev in revs {
+                if !info.tree.contains(rev) || info.tree.is_leaf(rev) {
+                    out.push(*rev);
+                    continue;
+                }
+                for l in &leaves {
+                    if info.tree.history(&l.rev).contains(rev) && !out.contains(&l.rev) {
+                        out.push(l.rev);
+                    }
+                }
+            }
+            out
+        }
+    };
+    let mut out = Vec::with_capacity(revs.len());
+    for rev in revs {
+        let found = match &info {
+            Some(info) => read_revision(bodies, id, &rev)?.map(|mut d| {
+                d.history = Some(info.tree.history(&rev));
+                d
+            }),
+            None => None,
+        };
+        out.push(found.map_or(OpenRev::Missing(rev), OpenRev::Ok));
+    }
+    Ok(out)
 }
 
 /// A `0-N` revision belongs to local documents only.
