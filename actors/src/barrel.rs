@@ -313,7 +313,7 @@ fn writer_loop(
                 }
             }
             Err(_) => {
-                tracing::error!(barrel = %name, "group commit panicked; nothing of it was committed");
+                tracing::error!(barrel = %name, "group commit panicked; the barrel refuses writes until it is reopened");
                 for reply in waiting.take().into_iter().flatten() {
                     let _ = reply.send(Err(BarrelError::Storage(
                         "internal error during commit".into(),

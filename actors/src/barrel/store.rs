@@ -58,7 +58,7 @@ const DELETED_COUNT_KEY: &str = "deleted_count";
 const APPLIED_LSN_KEY: &str = "applied_lsn";
 
 /// The write-ahead log (`<barrel file>.wal`, a redb file of its own): log sequence number →
-/// one group commit's successful writes (see [`encode_record`]).
+/// one group commit's writes, as requested (see [`encode_record`]).
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Log bytes after which the barrel file is made durable and the log trimmed.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -614,6 +614,9 @@ struct Wal {
     bytes_since_checkpoint: u64,
     /// The barrel file has commits that are not durable yet.
     dirty: bool,
+    /// Acknowledged writes are in the log but could not be applied to the barrel file: no
+    /// more writes, checkpoints or trims until the barrel is reopened (which applies them).
+    poisoned: bool,
 }
 
 /// Log records whose writes were acknowledged, and those readers see: a group commit is
@@ -743,6 +746,7 @@ impl Store {
                 last_checkpoint: Instant::now(),
                 bytes_since_checkpoint: 0,
                 dirty: false,
+                poisoned: false,
             })),
             visibility: Mutex::new(Visibility::default()),
             visible_cv: Condvar::new(),
@@ -752,6 +756,25 @@ impl Store {
         store.migrate()?;
         store.recover(pending)?;
         Ok(store)
+    }
+
+    /// The write-ahead log state. A panic while it was held (in the middle of a group
+    /// commit) poisons the store, like a failed group commit.
+    fn lock_wal(&self) -> std::sync::MutexGuard<'_, Option<Wal>> {
+        match self.wal.lock() {
+            Ok(g) => g,
+            Err(e) => {
+                let mut g = e.into_inner();
+                if let Some(w) = g.as_mut() {
+                    if !w.poisoned {
+                        tracing::error!(file = %self.path.display(),
+                            "a group commit panicked; no more writes until the barrel is reopened");
+                    }
+                    w.poisoned = true;
+                }
+                g
+            }
+        }
     }
 
     /// The write-ahead log file of the barrel file at `path`.
@@ -792,7 +815,7 @@ impl Store {
     fn recover(&self, pending: Vec<(u64, Vec<u8>)>) -> Result<(), BarrelError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
-        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.lock_wal();
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         let replayed = pending.len();
         for (lsn, raw) in pending {
@@ -809,7 +832,7 @@ impl Store {
     pub fn checkpoint(&self) -> Result<(), BarrelError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
-        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.lock_wal();
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         Self::checkpoint_locked(db, wal)
     }
@@ -817,13 +840,16 @@ impl Store {
     /// Whether the barrel file has commits that are not durable yet (the writer checkpoints
     /// it when idle).
     pub fn needs_checkpoint(&self) -> bool {
-        let guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let guard = self.lock_wal();
         guard
             .as_ref()
-            .is_some_and(|w| w.dirty || w.trim_upto.is_some())
+            .is_some_and(|w| !w.poisoned && (w.dirty || w.trim_upto.is_some()))
     }
 
     fn checkpoint_locked(db: &Database, wal: &mut Wal) -> Result<(), BarrelError> {
+        if wal.poisoned {
+            return Err(poisoned());
+        }
         if wal.dirty {
             let mut txn = db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -933,8 +959,11 @@ impl Store {
         let Prepared { ops, encoded } = prepared;
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
-        let mut guard = self.wal.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = self.lock_wal();
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
+        if wal.poisoned {
+            return Err(poisoned());
+        }
         let lsn = wal.next_lsn;
         // The log gets the writes as requested, first thing, and commits (the fsync) while
         // they are applied here; replay reproduces the same results, failures included.
@@ -944,17 +973,34 @@ impl Store {
             .log
             .submit(Some((lsn, record.clone())), wal.trim_upto.take())?;
         wal.next_lsn = lsn + 1;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        let (results, changes, record) = {
-            let mut w = Writer::open(&txn, &self.options)?;
-            let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
-            w.applied_lsn = Some(lsn);
-            let finished = w.finish();
-            // The acknowledgement point: the log record is durable.
-            wait_log(logged)?;
-            finished?;
-            (results, w.changes, record)
+        // From here the record may be durable: should this group fail before it is
+        // acknowledged, later groups would be applied (and acknowledged) on a state without
+        // it while the next open replays it before them. So a failure here poisons the store
+        // (no more writes, checkpoints or trims) until it is reopened and the log replayed;
+        // a panic does the same through the poisoned mutex (see `lock_wal`).
+        let applied = (|| -> Result<_, BarrelError> {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::None)?;
+            let (results, changes) = {
+                let mut w = Writer::open(&txn, &self.options)?;
+                let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
+                w.applied_lsn = Some(lsn);
+                let finished = w.finish();
+                // The acknowledgement point: the log record is durable.
+                wait_log(logged)?;
+                finished?;
+                (results, w.changes)
+            };
+            Ok((txn, results, changes))
+        })();
+        let (txn, results, changes) = match applied {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(file = %self.path.display(), error = %e,
+                    "a group commit failed after its log record was written; reopen the barrel");
+                wal.poisoned = true;
+                return Err(e);
+            }
         };
         self.visibility
             .lock()
@@ -973,13 +1019,22 @@ impl Store {
             if let Err(e) = self.reapply(db, lsn, &record) {
                 tracing::error!(file = %self.path.display(), error = %e,
                     "applying the log record again failed; reopen the barrel to apply the log");
+                // Later commits would move `applied_lsn` past this record and a trim would
+                // drop it: stop here, so that the next open applies it.
+                wal.poisoned = true;
+                // Nothing to publish: the writes are not readable before that open.
+                return Ok(Vec::new());
             }
         }
         drop(_visible);
         if wal.bytes_since_checkpoint >= CHECKPOINT_BYTES
             || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
-            Self::checkpoint_locked(db, wal)?;
+            // The group is acknowledged and visible whatever happens here; a failed
+            // checkpoint is tried again later (the file stays `dirty`).
+            if let Err(e) = Self::checkpoint_locked(db, wal) {
+                tracing::warn!(file = %self.path.display(), error = %e, "checkpoint failed");
+            }
         }
         Ok(changes)
     }
@@ -1526,6 +1581,13 @@ fn encode_feed(e: &FeedEntry) -> Vec<u8> {
 
 fn decode_feed(raw: &[u8]) -> Result<FeedEntry, BarrelError> {
     ciborium::from_reader(raw).map_err(|e| BarrelError::corrupt(format!("feed entry: {e}")))
+}
+
+fn poisoned() -> BarrelError {
+    BarrelError::Storage(
+        "the barrel file could not take acknowledged writes; reopen the barrel to apply its log"
+            .into(),
+    )
 }
 
 /// Format byte of a write-ahead log record.
@@ -2109,7 +2171,9 @@ impl<'t> Writer<'t> {
         tree.merge_path(path, deleted);
         tree.stem(self.revs_limit);
         let leaves = tree.leaves();
-        let new_winner = leaves[0];
+        let new_winner = *leaves
+            .first()
+            .ok_or_else(|| BarrelError::corrupt("a revision tree without leaves"))?;
         let leaf = path[0];
 
         // Content of new attachments, once per barrel.
