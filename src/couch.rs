@@ -245,9 +245,9 @@ pub async fn bulk_get(
             (a, which)
         })
         .collect();
-    let reads: Vec<(String, OpenRevs)> = checked
+    let reads: Vec<(&str, &OpenRevs)> = checked
         .iter()
-        .filter_map(|(a, w)| w.as_ref().ok().map(|w| (a.id.clone(), w.clone())))
+        .filter_map(|(a, w)| w.as_ref().ok().map(|w| (a.id.as_str(), w)))
         .collect();
     let mut found = b.open_revs_many(&reads)?.into_iter();
     let mut results = Vec::with_capacity(checked.len());

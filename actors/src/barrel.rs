@@ -322,6 +322,7 @@ fn writer_loop(
             }
         }
     }
+    // The writer can stop without the store closing (a restarted actor starts another).
     if let Err(e) = store.checkpoint() {
         if !matches!(e, BarrelError::Closed) {
             tracing::warn!(barrel = %name, error = %e, "checkpoint at stop failed");
@@ -436,7 +437,7 @@ impl BarrelHandle {
     /// [`Store::open_revs_many`].
     pub fn open_revs_many(
         &self,
-        asked: &[(String, OpenRevs)],
+        asked: &[(&str, &OpenRevs)],
     ) -> Result<Vec<Result<Vec<OpenRev>, BarrelError>>, BarrelError> {
         self.store.open_revs_many(asked)
     }

@@ -608,8 +608,6 @@ pub struct Store {
 struct Wal {
     log: LogThread,
     next_lsn: u64,
-    /// Records up to this one are in the durable barrel file and can be dropped.
-    trim_upto: Option<u64>,
     last_checkpoint: Instant,
     bytes_since_checkpoint: u64,
     /// The barrel file has commits that are not durable yet.
@@ -742,7 +740,6 @@ impl Store {
             wal: Mutex::new(Some(Wal {
                 log: LogThread::start(log, path)?,
                 next_lsn,
-                trim_upto: None,
                 last_checkpoint: Instant::now(),
                 bytes_since_checkpoint: 0,
                 dirty: false,
@@ -841,9 +838,7 @@ impl Store {
     /// it when idle).
     pub fn needs_checkpoint(&self) -> bool {
         let guard = self.lock_wal();
-        guard
-            .as_ref()
-            .is_some_and(|w| !w.poisoned && (w.dirty || w.trim_upto.is_some()))
+        guard.as_ref().is_some_and(|w| !w.poisoned && w.dirty)
     }
 
     fn checkpoint_locked(db: &Database, wal: &mut Wal) -> Result<(), BarrelError> {
@@ -855,10 +850,8 @@ impl Store {
             txn.set_durability(Durability::Immediate)?;
             txn.commit()?;
             wal.dirty = false;
-            wal.trim_upto = Some(wal.next_lsn - 1);
-        }
-        if let Some(upto) = wal.trim_upto.take() {
-            wait_log(wal.log.submit(None, Some(upto))?)?;
+            // Every record so far is in the durable file now.
+            wait_log(wal.log.submit(None, Some(wal.next_lsn - 1))?)?;
         }
         wal.last_checkpoint = Instant::now();
         wal.bytes_since_checkpoint = 0;
@@ -969,9 +962,7 @@ impl Store {
         // they are applied here; replay reproduces the same results, failures included.
         let record = encode_record(encoded.iter().map(Vec::as_slice));
         wal.bytes_since_checkpoint += record.len() as u64;
-        let logged = wal
-            .log
-            .submit(Some((lsn, record.clone())), wal.trim_upto.take())?;
+        let logged = wal.log.submit(Some((lsn, record.clone())), None)?;
         wal.next_lsn = lsn + 1;
         // From here the record may be durable: should this group fail before it is
         // acknowledged, later groups would be applied (and acknowledged) on a state without
@@ -1041,7 +1032,7 @@ impl Store {
 
     /// Applies one log record to the barrel file (without fsync).
     fn reapply(&self, db: &Database, lsn: u64, record: &[u8]) -> Result<(), BarrelError> {
-        let (_, ops) = decode_record(record)?;
+        let ops = decode_record(record)?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::None)?;
         {
@@ -1101,7 +1092,7 @@ impl Store {
     /// `_bulk_get`); one result per request, in order.
     pub fn open_revs_many(
         &self,
-        asked: &[(String, OpenRevs)],
+        asked: &[(&str, &OpenRevs)],
     ) -> Result<Vec<Result<Vec<OpenRev>, BarrelError>>, BarrelError> {
         let txn = self.read()?;
         let docs = txn.open_table(DOCS)?;
@@ -1313,10 +1304,7 @@ impl Store {
         let txn = self.read()?;
         let docs = txn.open_table(DOCS)?;
         let bodies = txn.open_table(BODIES)?;
-        let paths = RunView::open(
-            txn.open_table(runs::RUN_BLOCKS)?,
-            txn.open_table(runs::RUN_META)?,
-        )?;
+        let paths = index_view(&txn)?;
         let plan = plan(query, &paths)?;
         let cursor = query.cursor.as_deref().map(Cursor::decode).transpose()?;
         let mut out = Vec::new();
@@ -1488,12 +1476,19 @@ impl Store {
     /// How [`Store::query`] would answer `query`.
     pub fn explain(&self, query: &Query) -> Result<Plan, BarrelError> {
         let txn = self.read()?;
-        let paths = RunView::open(
-            txn.open_table(runs::RUN_BLOCKS)?,
-            txn.open_table(runs::RUN_META)?,
-        )?;
-        Ok(plan(query, &paths)?.explain(query))
+        Ok(plan(query, &index_view(&txn)?)?.explain(query))
     }
+}
+
+/// The path index of a read transaction.
+type IndexView = RunView<redb::ReadOnlyTable<&'static [u8], &'static [u8]>>;
+
+/// The path index as a read transaction sees it.
+fn index_view(txn: &ReadTransaction) -> Result<IndexView, BarrelError> {
+    RunView::open(
+        txn.open_table(runs::RUN_BLOCKS)?,
+        txn.open_table(runs::RUN_META)?,
+    )
 }
 
 fn bad_cursor() -> BarrelError {
@@ -1540,15 +1535,13 @@ const MIGRATIONS: &[Migration] = &[
 /// Schema 5 adds the write-ahead log beside the file, and moves the path index from the
 /// `paths` table into one run.
 fn wal_and_index_runs(txn: &WriteTransaction) -> Result<(), BarrelError> {
-    let keys: Vec<Vec<u8>> = {
+    {
         let paths = txn.open_table(PATHS)?;
-        let mut keys = Vec::new();
-        for entry in paths.iter()? {
-            keys.push(entry?.0.value().to_vec());
-        }
-        keys
-    };
-    runs::rebuild(txn, keys.into_iter().map(Ok))?;
+        let keys = paths
+            .iter()?
+            .map(|e| Ok(e.map_err(BarrelError::from)?.0.value().to_vec()));
+        runs::rebuild(txn, keys)?;
+    }
     txn.delete_table(PATHS)?;
     Ok(())
 }
@@ -1612,13 +1605,13 @@ fn encode_record<'a>(ops: impl Iterator<Item = &'a [u8]> + Clone) -> Vec<u8> {
     out
 }
 
-fn decode_record(raw: &[u8]) -> Result<(u64, Vec<WriteOp>), BarrelError> {
+fn decode_record(raw: &[u8]) -> Result<Vec<WriteOp>, BarrelError> {
     let bad = |what: &str| BarrelError::corrupt(format!("write-ahead log record: {what}"));
     let [RECORD_FORMAT, rest @ ..] = raw else {
         return Err(bad("unknown format"));
     };
-    let (seq, mut rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
-    let seq_before = u64::from_be_bytes(seq.try_into().expect("8 bytes"));
+    // The 8 reserved bytes.
+    let (_, mut rest) = rest.split_at_checked(8).ok_or_else(|| bad("truncated"))?;
     let mut ops = Vec::new();
     while !rest.is_empty() {
         let (len, tail) = rest.split_at_checked(4).ok_or_else(|| bad("truncated"))?;
@@ -1627,7 +1620,7 @@ fn decode_record(raw: &[u8]) -> Result<(u64, Vec<WriteOp>), BarrelError> {
         ops.push(ciborium::from_reader(op).map_err(|e| bad(&e.to_string()))?);
         rest = tail;
     }
-    Ok((seq_before, ops))
+    Ok(ops)
 }
 
 /// Schema 1 had no path index, schema 2 one without empty containers: (re)build it from the
