@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{Answer, Http};
+use common::{assert_status, create_barrel, delete, put, Answer, Http};
 use futures_util::StreamExt as _;
 use serde_json::{json, Value};
 
@@ -38,10 +38,6 @@ fn enc(s: &str) -> String {
     pair["x=".len()..].to_owned()
 }
 
-fn assert_status(a: &Answer, status: u16, what: &str) {
-    assert_eq!(a.status, status, "{what}: {}", a.body);
-}
-
 fn assert_error(a: &Answer, status: u16, kind: &str, what: &str) {
     assert_eq!(a.status, status, "{what}: {}", a.body);
     assert_eq!(a.body["error"], kind, "{what}: {}", a.body);
@@ -55,28 +51,6 @@ fn header(a: &Answer, name: &str) -> String {
         .to_str()
         .unwrap()
         .to_owned()
-}
-
-async fn create_barrel(http: &Http, b: &str) {
-    let a = http.call("PUT", &format!("/barrels/{b}")).await;
-    assert_status(&a, 201, "create barrel");
-}
-
-/// PUTs a document and returns its new revision.
-async fn put(http: &Http, b: &str, id: &str, body: Value) -> String {
-    let a = http
-        .json("PUT", &format!("/barrels/{b}/docs/{id}"), &body)
-        .await;
-    assert_status(&a, 201, &format!("PUT {id}"));
-    a.body["rev"].as_str().unwrap().to_owned()
-}
-
-async fn delete(http: &Http, b: &str, id: &str, rev: &str) -> String {
-    let a = http
-        .call("DELETE", &format!("/barrels/{b}/docs/{id}?rev={rev}"))
-        .await;
-    assert_status(&a, 200, &format!("DELETE {id}"));
-    a.body["rev"].as_str().unwrap().to_owned()
 }
 
 async fn info(http: &Http, b: &str) -> Value {

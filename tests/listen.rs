@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use awc::error::{WsClientError, WsProtocolError};
 use awc::ws::{Frame, Message};
-use common::{Answer, Http};
+use common::{assert_status, create_barrel, delete, put, Http};
 use futures_util::{Sink, SinkExt as _, Stream, StreamExt as _};
 use serde_json::{json, Value};
 
@@ -35,32 +35,6 @@ const MARKER_FILTER: &str = "_id/zz-marker";
 /// Tests share the process, so the one that measures the process's memory runs alone: it takes
 /// this gate for writing, every other test takes it for reading.
 static GATE: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-fn assert_status(a: &Answer, status: u16, what: &str) {
-    assert_eq!(a.status, status, "{what}: {}", a.body);
-}
-
-async fn create_barrel(http: &Http, b: &str) {
-    let a = http.call("PUT", &format!("/barrels/{b}")).await;
-    assert_status(&a, 201, "create barrel");
-}
-
-/// PUTs a document and returns its new revision.
-async fn put(http: &Http, b: &str, id: &str, body: Value) -> String {
-    let a = http
-        .json("PUT", &format!("/barrels/{b}/docs/{id}"), &body)
-        .await;
-    assert_status(&a, 201, &format!("PUT {id}"));
-    a.body["rev"].as_str().unwrap().to_owned()
-}
-
-async fn delete(http: &Http, b: &str, id: &str, rev: &str) -> String {
-    let a = http
-        .call("DELETE", &format!("/barrels/{b}/docs/{id}?rev={rev}"))
-        .await;
-    assert_status(&a, 200, &format!("DELETE {id}"));
-    a.body["rev"].as_str().unwrap().to_owned()
-}
 
 /// Writes `docs` with one `_bulk_docs` request; every one must succeed.
 async fn bulk(http: &Http, b: &str, docs: Vec<Value>) {

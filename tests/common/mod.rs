@@ -125,3 +125,32 @@ impl Http {
         self.send(method, path, &[], None).await
     }
 }
+
+/// Asserts an answer's status, showing its body when it differs.
+pub fn assert_status(a: &Answer, status: u16, what: &str) {
+    assert_eq!(a.status, status, "{what}: {}", a.body);
+}
+
+/// Creates a barrel over the REST API.
+pub async fn create_barrel(http: &Http, b: &str) {
+    let a = http.call("PUT", &format!("/barrels/{b}")).await;
+    assert_status(&a, 201, "create barrel");
+}
+
+/// PUTs a document and returns its new revision.
+pub async fn put(http: &Http, b: &str, id: &str, body: Value) -> String {
+    let a = http
+        .json("PUT", &format!("/barrels/{b}/docs/{id}"), &body)
+        .await;
+    assert_status(&a, 201, &format!("PUT {id}"));
+    a.body["rev"].as_str().unwrap().to_owned()
+}
+
+/// DELETEs a document and returns the tombstone's revision.
+pub async fn delete(http: &Http, b: &str, id: &str, rev: &str) -> String {
+    let a = http
+        .call("DELETE", &format!("/barrels/{b}/docs/{id}?rev={rev}"))
+        .await;
+    assert_status(&a, 200, &format!("DELETE {id}"));
+    a.body["rev"].as_str().unwrap().to_owned()
+}
