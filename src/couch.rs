@@ -14,7 +14,7 @@ use cooper_actors::listener::Since;
 use cooper_actors::{BarrelError, BarrelHandle};
 use cooper_protocols::ids::{validate_doc_id, BarrelName, Rev};
 use cooper_protocols::topic::TopicFilter;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use tokio::sync::mpsc;
 
@@ -40,7 +40,30 @@ pub fn couch_doc(
     doc: &DocRevision,
     attachments: bool,
 ) -> Result<Value, ApiError> {
-    let mut v = doc.to_json();
+    with_attachments(barrel, doc, doc.to_json(), attachments)
+}
+
+/// [`couch_doc`] of a revision the caller no longer needs (its body is moved, not copied).
+pub fn couch_doc_owned(
+    barrel: &BarrelHandle,
+    mut doc: DocRevision,
+    attachments: bool,
+) -> Result<Value, ApiError> {
+    let body = std::mem::take(&mut doc.body);
+    let v = DocRevision {
+        body,
+        ..doc.clone()
+    }
+    .into_json();
+    with_attachments(barrel, &doc, v, attachments)
+}
+
+fn with_attachments(
+    barrel: &BarrelHandle,
+    doc: &DocRevision,
+    mut v: Value,
+    attachments: bool,
+) -> Result<Value, ApiError> {
     if attachments && !doc.attachments.is_empty() {
         let mut atts = Map::new();
         for a in &doc.attachments {
@@ -250,9 +273,24 @@ pub async fn bulk_get(
         .filter_map(|(a, w)| w.as_ref().ok().map(|w| (a.id.as_str(), w)))
         .collect();
     let mut found = b.open_revs_many(&reads)?.into_iter();
+    // Serialized straight from these (no JSON tree of the whole answer); each document's
+    // body is moved into its JSON, not copied.
+    #[derive(Serialize)]
+    struct Found {
+        id: String,
+        docs: Vec<Item>,
+    }
+    #[derive(Serialize)]
+    #[serde(untagged)]
+    enum Item {
+        Ok { ok: Value },
+        Error { error: Value },
+    }
     let mut results = Vec::with_capacity(checked.len());
     for (a, which) in checked {
-        let error = |rev: Option<&str>, e: &str, reason: &str| json!({"error": {"id": a.id, "rev": rev.unwrap_or("undefined"), "error": e, "reason": reason}});
+        let error = |rev: Option<&str>, e: &str, reason: &str| Item::Error {
+            error: json!({"id": a.id, "rev": rev.unwrap_or("undefined"), "error": e, "reason": reason}),
+        };
         let docs = match which {
             Err(reason) => vec![error(a.rev.as_deref(), "bad_request", &reason)],
             Ok(_) => match found.next().ok_or_else(|| {
@@ -265,7 +303,9 @@ pub async fn bulk_get(
                 Ok(found) => found
                     .into_iter()
                     .map(|r| match r {
-                        OpenRev::Ok(d) => Ok(json!({"ok": couch_doc(&b, &d, attachments)?})),
+                        OpenRev::Ok(d) => Ok(Item::Ok {
+                            ok: couch_doc_owned(&b, d, attachments)?,
+                        }),
                         OpenRev::Missing(rev) => {
                             Ok(error(Some(&rev.to_string()), "not_found", "missing"))
                         }
@@ -273,9 +313,13 @@ pub async fn bulk_get(
                     .collect::<Result<_, ApiError>>()?,
             },
         };
-        results.push(json!({"id": a.id, "docs": docs}));
+        results.push(Found { id: a.id, docs });
     }
-    Ok(HttpResponse::Ok().json_line(json!({"results": results})))
+    #[derive(Serialize)]
+    struct Answer {
+        results: Vec<Found>,
+    }
+    Ok(HttpResponse::Ok().json_line(Answer { results }))
 }
 
 /// `POST /couch/{db}/_bulk_docs`

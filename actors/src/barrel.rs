@@ -23,11 +23,12 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub mod runs;
 pub mod store;
+mod wal;
 
 pub use store::DocumentChanged;
 use store::{
-    AttachmentMeta, BarrelCounts, ChangeRow, DocRevision, GetOptions, OpenRev, OpenRevs, Plan,
-    Prepared, Query, QueryPage, RevsDiff, Store, WriteOp, WriteResult,
+    Ack, AttachmentMeta, BarrelCounts, ChangeRow, DocRevision, GetOptions, OpenRev, OpenRevs,
+    OpenTxn, Plan, Prepared, Query, QueryPage, RevsDiff, Store, WriteOp, WriteResult,
 };
 
 use crate::error::BarrelError;
@@ -227,8 +228,22 @@ impl Handler<Poison> for Barrel {
     }
 }
 
-/// Takes queued writes in groups, commits each group in one transaction, publishes the
-/// changes, then answers every writer of the group.
+/// What the writer does next.
+enum Next {
+    Job(WriteJob),
+    /// Answer the groups whose log records became durable.
+    Acknowledge,
+    /// Commit the open transaction.
+    Commit,
+    /// Nothing to do for a while: checkpoint.
+    Idle,
+    Closed,
+}
+
+/// Takes queued writes in groups and applies each group inside the barrel file's open
+/// transaction, answering its writers as soon as its log record is durable; commits the
+/// transaction (which makes the groups visible) when a reader asks for them, after
+/// [`store::TXN_MAX_AGE`], or when it is full, then publishes the changes.
 fn writer_loop(
     name: &BarrelName,
     store: &Store,
@@ -246,81 +261,61 @@ fn writer_loop(
             return;
         }
     };
+    let mut open: Option<OpenTxn> = None;
     loop {
-        let first = if store.needs_checkpoint() {
-            let wait = async { tokio::time::timeout(store::CHECKPOINT_INTERVAL, rx.recv()).await };
-            match rt.block_on(wait) {
-                Ok(job) => job,
-                Err(_) => {
-                    // Idle: make the barrel file durable and trim the write-ahead log.
-                    if let Err(e) = store.checkpoint() {
-                        tracing::warn!(barrel = %name, error = %e, "checkpoint failed");
+        let next = match &open {
+            Some(o)
+                if o.is_full()
+                    || store.commit_wanted()
+                    || o.started().elapsed() >= store::TXN_MAX_AGE =>
+            {
+                Next::Commit
+            }
+            Some(o) => {
+                let deadline = tokio::time::Instant::from_std(o.started() + store::TXN_MAX_AGE);
+                let waits_for_log = o.has_unacknowledged();
+                rt.block_on(async {
+                    tokio::select! {
+                        job = rx.recv() => job.map_or(Next::Closed, Next::Job),
+                        () = store.log_progressed(), if waits_for_log => Next::Acknowledge,
+                        () = store.commit_requested() => Next::Commit,
+                        () = tokio::time::sleep_until(deadline) => Next::Commit,
                     }
-                    continue;
+                })
+            }
+            None if store.needs_checkpoint() => {
+                let wait =
+                    async { tokio::time::timeout(store::CHECKPOINT_INTERVAL, rx.recv()).await };
+                match rt.block_on(wait) {
+                    Ok(job) => job.map_or(Next::Closed, Next::Job),
+                    Err(_) => Next::Idle,
                 }
             }
-        } else {
-            rx.blocking_recv()
+            None => rx.blocking_recv().map_or(Next::Closed, Next::Job),
         };
-        let Some(first) = first else { break };
-        let mut count = first.ops.len();
-        let mut jobs = vec![first];
-        while count < MAX_BATCH_OPS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    count += job.ops.len();
-                    jobs.push(job);
+        match next {
+            Next::Job(first) => group_commit(name, store, &mut open, &mut rx, first),
+            Next::Acknowledge => {
+                if let Err(e) = store.acknowledge(&mut open) {
+                    tracing::error!(barrel = %name, error = %e, "group commit failed");
                 }
-                Err(_) => break,
             }
+            Next::Commit => {
+                if let Some(o) = open.take() {
+                    commit(name, store, o, events);
+                }
+            }
+            Next::Idle => {
+                // Idle: make the barrel file durable and start a new log cycle.
+                if let Err(e) = store.checkpoint() {
+                    tracing::warn!(barrel = %name, error = %e, "checkpoint failed");
+                }
+            }
+            Next::Closed => break,
         }
-        let mut sizes = Vec::with_capacity(jobs.len());
-        let mut ops = Prepared::default();
-        let mut replies = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            sizes.push(job.ops.len());
-            ops.append(job.ops);
-            replies.push(job.reply);
-        }
-        let started = Instant::now();
-        // Writers are answered as soon as the group is durable (see `Store::apply_then`).
-        let mut waiting = Some(replies);
-        let outcome = catch_unwind(AssertUnwindSafe(|| {
-            store.apply_then(ops, |results| {
-                let mut results = results.into_iter();
-                for (reply, n) in waiting.take().into_iter().flatten().zip(&sizes) {
-                    let _ = reply.send(Ok(results.by_ref().take(*n).collect()));
-                }
-            })
-        }));
-        let elapsed = started.elapsed();
-        metrics::histogram!("cooper_commit_seconds").record(elapsed.as_secs_f64());
-        metrics::histogram!("cooper_commit_batch_documents").record(count as f64);
-        tracing::debug!(barrel = %name, requests = sizes.len(), docs = count,
-            micros = elapsed.as_micros() as u64, "group commit");
-        match outcome {
-            Ok(Ok(changes)) => {
-                metrics::counter!("cooper_documents_written_total").increment(changes.len() as u64);
-                for change in changes {
-                    // No subscriber is not an error.
-                    let _ = events.send(Arc::new(change));
-                }
-            }
-            Ok(Err(e)) => {
-                tracing::error!(barrel = %name, error = %e, "group commit failed");
-                for reply in waiting.take().into_iter().flatten() {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-            Err(_) => {
-                tracing::error!(barrel = %name, "group commit panicked; the barrel refuses writes until it is reopened");
-                for reply in waiting.take().into_iter().flatten() {
-                    let _ = reply.send(Err(BarrelError::Storage(
-                        "internal error during commit".into(),
-                    )));
-                }
-            }
-        }
+    }
+    if let Some(o) = open.take() {
+        commit(name, store, o, events);
     }
     // The writer can stop without the store closing (a restarted actor starts another).
     if let Err(e) = store.checkpoint() {
@@ -328,6 +323,97 @@ fn writer_loop(
             tracing::warn!(barrel = %name, error = %e, "checkpoint at stop failed");
         }
     }
+}
+
+/// Applies `first` and the writes queued behind it as one group in the open transaction.
+fn group_commit(
+    name: &BarrelName,
+    store: &Store,
+    open: &mut Option<OpenTxn>,
+    rx: &mut mpsc::Receiver<WriteJob>,
+    first: WriteJob,
+) {
+    let mut count = first.ops.len();
+    let mut jobs = vec![first];
+    while count < MAX_BATCH_OPS {
+        match rx.try_recv() {
+            Ok(job) => {
+                count += job.ops.len();
+                jobs.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    let mut sizes = Vec::with_capacity(jobs.len());
+    let mut ops = Prepared::default();
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        sizes.push(job.ops.len());
+        ops.append(job.ops);
+        replies.push(job.reply);
+    }
+    let started = Instant::now();
+    let requests = sizes.len();
+    // Writers are answered as soon as the group is durable (see `Store::apply_group`).
+    let ack: Ack = Box::new(move |outcome| match outcome {
+        Ok(results) => {
+            let mut results = results.into_iter();
+            for (reply, n) in replies.into_iter().zip(&sizes) {
+                let _ = reply.send(Ok(results.by_ref().take(*n).collect()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    });
+    let outcome = catch_unwind(AssertUnwindSafe(|| store.apply_group(open, ops, ack)));
+    let elapsed = started.elapsed();
+    metrics::histogram!("cooper_commit_seconds").record(elapsed.as_secs_f64());
+    metrics::histogram!("cooper_commit_batch_documents").record(count as f64);
+    tracing::debug!(barrel = %name, requests, docs = count,
+        micros = elapsed.as_micros() as u64, "group commit");
+    match outcome {
+        Ok(Ok(())) => {}
+        // The writers have their answer.
+        Ok(Err(e)) => tracing::error!(barrel = %name, error = %e, "group commit failed"),
+        Err(_) => {
+            // Unanswered writers see their reply channel dropped.
+            tracing::error!(barrel = %name, "group commit panicked; the barrel refuses writes until it is reopened");
+            open.take();
+            store.poison();
+        }
+    }
+}
+
+/// Commits the open transaction and publishes its changes.
+fn commit(
+    name: &BarrelName,
+    store: &Store,
+    open: OpenTxn,
+    events: &broadcast::Sender<Arc<DocumentChanged>>,
+) {
+    let started = Instant::now();
+    let docs = open.ops();
+    match catch_unwind(AssertUnwindSafe(|| store.commit_open(open))) {
+        Ok(Ok(changes)) => {
+            metrics::counter!("cooper_documents_written_total").increment(changes.len() as u64);
+            for change in changes {
+                // No subscriber is not an error.
+                let _ = events.send(Arc::new(change));
+            }
+        }
+        Ok(Err(e)) => {
+            tracing::error!(barrel = %name, error = %e, "committing the barrel file failed");
+        }
+        Err(_) => {
+            tracing::error!(barrel = %name, "committing the barrel file panicked; the barrel refuses writes until it is reopened");
+            store.poison();
+        }
+    }
+    tracing::debug!(barrel = %name, docs, micros = started.elapsed().as_micros() as u64,
+        "barrel file commit");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -550,6 +636,50 @@ mod tests {
             seqs.push(events.recv().await.unwrap().seq);
         }
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
+    }
+
+    #[actix_rt::test]
+    async fn every_writer_reads_its_own_write_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = start(&dir);
+        let writes = (0..64).map(|i| {
+            let b = b.clone();
+            async move {
+                let id = format!("d{i:02}");
+                let r = b.put(json!({"_id": id, "n": i})).await.unwrap();
+                // Answered means durable in the log; the read asks the writer to commit the
+                // barrel file's open transaction, and sees the write.
+                let got = b.get(&id, &GetOptions::default()).unwrap();
+                assert_eq!(got.rev.to_string(), r.rev);
+                let page = b
+                    .query(&Query {
+                        conditions: vec![store::Condition {
+                            path: "/n".into(),
+                            op: store::Op::Eq(json!(i)),
+                        }],
+                        limit: 10,
+                        ..Query::default()
+                    })
+                    .unwrap();
+                assert_eq!(page.docs.len(), 1, "the index holds it too");
+            }
+        });
+        futures_join_all(writes).await;
+        assert_eq!(b.counts().unwrap().doc_count, 64);
+    }
+
+    #[actix_rt::test]
+    async fn changes_are_published_without_a_reader_asking() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = start(&dir);
+        let mut events = b.subscribe();
+        b.put(json!({"_id": "a"})).await.unwrap();
+        // The open transaction commits on its own, after `TXN_MAX_AGE`.
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
+            .await
+            .expect("published")
+            .unwrap();
+        assert_eq!(got.id, "a");
     }
 
     #[actix_rt::test]

@@ -118,8 +118,10 @@ pub struct ChangesBatch {
 pub struct Revision {
     /// The document.
     pub doc: Value,
-    /// `doc` as JSON.
+    /// `doc` as JSON (empty for a target that takes documents, not JSON).
     pub json: Vec<u8>,
+    /// The size of `doc` as JSON (about, when `json` is empty).
+    pub size: usize,
 }
 
 impl Revision {
@@ -127,7 +129,36 @@ impl Revision {
     pub fn new(doc: Value) -> Self {
         // A `Value` always serializes (its keys are strings).
         let json = serde_json::to_vec(&doc).unwrap_or_default();
-        Self { doc, json }
+        Self {
+            size: json.len(),
+            doc,
+            json,
+        }
+    }
+
+    /// A revision for a target that takes documents: its JSON size is estimated, not made.
+    pub fn without_json(doc: Value) -> Self {
+        Self {
+            size: json_size(&doc),
+            doc,
+            json: Vec::new(),
+        }
+    }
+}
+
+/// About the size of `v` as JSON (escapes aside).
+fn json_size(v: &Value) -> usize {
+    match v {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 8,
+        Value::String(s) => s.len() + 2,
+        Value::Array(a) => 2 + a.iter().map(|v| json_size(v) + 1).sum::<usize>(),
+        Value::Object(m) => {
+            2 + m
+                .iter()
+                .map(|(k, v)| k.len() + 4 + json_size(v))
+                .sum::<usize>()
+        }
     }
 }
 
@@ -151,9 +182,14 @@ pub trait Endpoint: std::fmt::Debug {
     fn fetches_in_flight(&self) -> usize {
         1
     }
+    /// Whether [`Endpoint::bulk_docs`] sends the documents' JSON (else it takes them as
+    /// values, and the JSON is not made).
+    fn takes_json(&self) -> bool {
+        true
+    }
     /// Writes revisions as they are (`new_edits=false`); returns how many failed. The writes
     /// may not be durable before [`Endpoint::ensure_full_commit`].
-    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>>;
+    fn bulk_docs<'a>(&'a self, docs: &'a mut [Revision]) -> LocalBoxFuture<'a, Res<usize>>;
     /// Makes every write acknowledged so far durable (called before a checkpoint records
     /// them, as CouchDB's replicator does).
     fn ensure_full_commit(&self) -> LocalBoxFuture<'_, Res<()>>;
@@ -190,6 +226,10 @@ fn seq_number(since: &str) -> u64 {
 impl Endpoint for LocalEndpoint {
     fn describe(&self) -> String {
         format!("local:{}", self.barrel.name())
+    }
+
+    fn takes_json(&self) -> bool {
+        false
     }
 
     fn changes(&self, since: &str, limit: usize) -> LocalBoxFuture<'_, Res<ChangesBatch>> {
@@ -269,12 +309,13 @@ impl Endpoint for LocalEndpoint {
         })
     }
 
-    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
+    fn bulk_docs<'a>(&'a self, docs: &'a mut [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
         Box::pin(async move {
             let mut failed = 0;
             let mut ops = Vec::with_capacity(docs.len());
-            for d in docs {
-                match document::split(d.doc.clone()) {
+            // Moved out: a local write is never retried with the same documents.
+            for d in docs.iter_mut() {
+                match document::split(std::mem::take(&mut d.doc)) {
                     Ok(doc) => ops.push(WriteOp::Replicate(doc)),
                     Err(_) => failed += 1,
                 }
@@ -670,10 +711,10 @@ impl Endpoint for HttpEndpoint {
     }
 
     fn fetches_in_flight(&self) -> usize {
-        2
+        4
     }
 
-    fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
+    fn bulk_docs<'a>(&'a self, docs: &'a mut [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
         Box::pin(async move {
             // {"docs": [...], "new_edits": false} from the documents' JSON as it is.
             let len = docs.iter().map(|d| d.json.len() + 1).sum::<usize>();
@@ -998,8 +1039,14 @@ async fn read_ahead(
     let parallel = source.fetches_in_flight().max(1);
     // The JSON size of a revision of the last `bulk_get` (unknown before the first).
     let mut per_doc: Option<usize> = None;
+    // The next batch of changes, read while this one's documents were fetched (when this
+    // one was full, so that more are likely).
+    let mut prefetched = None;
     loop {
-        let batch = source.changes(&since, BATCH).await?;
+        let batch = match prefetched.take() {
+            Some(b) => b,
+            None => source.changes(&since, BATCH).await?,
+        };
         if batch.rows.is_empty() {
             let (idle, checkpointed) = oneshot::channel();
             if tx.send(Step::CaughtUp(idle)).await.is_err() || !continuous {
@@ -1011,77 +1058,105 @@ async fn read_ahead(
             source.wait_for_changes(&since).await?;
             continue;
         }
-        let read = batch.rows.len() as u64;
-        let asked: BTreeMap<String, Vec<Rev>> = batch
-            .rows
-            .iter()
-            .map(|r| (r.id.clone(), r.revs.clone()))
-            .collect();
-        let missing = target.revs_diff(asked).await?;
-        let wanted: Vec<(String, Rev)> = missing
-            .into_iter()
-            .flat_map(|(id, revs)| revs.into_iter().map(move |r| (id.clone(), r)))
-            .collect();
-        // The whole batch goes to the target in as few commits as its size allows: each
-        // commit costs the target an fsync and its page writes, whatever it holds.
-        let mut ready: Vec<Revision> = Vec::new();
-        let mut ready_bytes = 0;
-        // Revisions wanted[..next] are asked for: `fetching` in flight, in order, then
-        // `fetched`, the answers that came while a step was handed to the writer.
-        let mut next = 0;
-        let mut fetching = FuturesOrdered::new();
-        let mut fetched = VecDeque::new();
-        loop {
-            // Before the first answer tells how large revisions are, one request alone.
-            let in_flight = if per_doc.is_some() { parallel } else { 1 };
-            while fetching.len() + fetched.len() < in_flight && next < wanted.len() {
-                // FETCH revisions, or fewer when about WRITE_BUDGET bytes.
-                let n = per_doc.map_or(FETCH, |b| (WRITE_BUDGET / b.max(1)).clamp(1, FETCH));
-                let end = wanted.len().min(next + n);
-                fetching.push_back(source.bulk_get(wanted[next..end].to_vec()));
-                next = end;
-            }
-            let docs = match fetched.pop_front() {
-                Some(docs) => docs,
-                None => match fetching.next().await {
-                    Some(docs) => docs,
-                    None => break,
-                },
-            };
-            let (mut bytes, mut count) = (0, 0);
-            for d in docs? {
-                if passes(filters, &d) {
-                    let r = Revision::new(d);
-                    bytes += r.json.len();
-                    count += 1;
-                    ready.push(r);
-                }
-            }
-            // Unchanged when every revision was filtered out.
-            per_doc = bytes.checked_div(count).or(per_doc);
-            ready_bytes += bytes;
-            let last = next >= wanted.len() && fetching.is_empty() && fetched.is_empty();
-            if ready_bytes >= WRITE_BUDGET || (last && !ready.is_empty()) {
-                let step = Step::Docs(std::mem::take(&mut ready));
-                if !send_fetching(tx, step, &mut fetching, &mut fetched).await {
-                    return Ok(());
-                }
-                ready_bytes = 0;
-            }
-        }
-        let last_seq = batch.last_seq;
-        if tx
-            .send(Step::Batch {
-                read,
-                last_seq: last_seq.clone(),
-            })
-            .await
-            .is_err()
-        {
+        let last_seq = batch.last_seq.clone();
+        let full = batch.rows.len() >= BATCH;
+        let this = fetch_batch(source, target, filters, batch, parallel, &mut per_doc, tx);
+        let go_on = if full {
+            let (go_on, next) =
+                futures_util::future::join(this, source.changes(&last_seq, BATCH)).await;
+            prefetched = Some(next?);
+            go_on?
+        } else {
+            this.await?
+        };
+        if !go_on {
             return Ok(());
         }
         since = last_seq;
     }
+}
+
+/// One batch of [`read_ahead`]: the revisions of `batch` the target lacks, fetched and handed
+/// to the writer, then the batch's end. `false` when the writer is gone.
+async fn fetch_batch(
+    source: &dyn Endpoint,
+    target: &dyn Endpoint,
+    filters: &TopicTrie<()>,
+    batch: ChangesBatch,
+    parallel: usize,
+    per_doc: &mut Option<usize>,
+    tx: &mpsc::Sender<Step>,
+) -> Res<bool> {
+    let read = batch.rows.len() as u64;
+    let json = target.takes_json();
+    let asked: BTreeMap<String, Vec<Rev>> = batch
+        .rows
+        .iter()
+        .map(|r| (r.id.clone(), r.revs.clone()))
+        .collect();
+    let missing = target.revs_diff(asked).await?;
+    let wanted: Vec<(String, Rev)> = missing
+        .into_iter()
+        .flat_map(|(id, revs)| revs.into_iter().map(move |r| (id.clone(), r)))
+        .collect();
+    // The whole batch goes to the target in as few commits as its size allows: each
+    // commit costs the target an fsync and its page writes, whatever it holds.
+    let mut ready: Vec<Revision> = Vec::new();
+    let mut ready_bytes = 0;
+    // Revisions wanted[..next] are asked for: `fetching` in flight, in order, then
+    // `fetched`, the answers that came while a step was handed to the writer.
+    let mut next = 0;
+    let mut fetching = FuturesOrdered::new();
+    let mut fetched = VecDeque::new();
+    loop {
+        // Before the first answer tells how large revisions are, one request alone.
+        let in_flight = if per_doc.is_some() { parallel } else { 1 };
+        while fetching.len() + fetched.len() < in_flight && next < wanted.len() {
+            // FETCH revisions, or fewer when about WRITE_BUDGET bytes.
+            let n = per_doc.map_or(FETCH, |b| (WRITE_BUDGET / b.max(1)).clamp(1, FETCH));
+            let end = wanted.len().min(next + n);
+            fetching.push_back(source.bulk_get(wanted[next..end].to_vec()));
+            next = end;
+        }
+        let docs = match fetched.pop_front() {
+            Some(docs) => docs,
+            None => match fetching.next().await {
+                Some(docs) => docs,
+                None => break,
+            },
+        };
+        let (mut bytes, mut count) = (0, 0);
+        for d in docs? {
+            if passes(filters, &d) {
+                let r = if json {
+                    Revision::new(d)
+                } else {
+                    Revision::without_json(d)
+                };
+                bytes += r.size;
+                count += 1;
+                ready.push(r);
+            }
+        }
+        // Unchanged when every revision was filtered out.
+        *per_doc = bytes.checked_div(count).or(*per_doc);
+        ready_bytes += bytes;
+        let last = next >= wanted.len() && fetching.is_empty() && fetched.is_empty();
+        if ready_bytes >= WRITE_BUDGET || (last && !ready.is_empty()) {
+            let step = Step::Docs(std::mem::take(&mut ready));
+            if !send_fetching(tx, step, &mut fetching, &mut fetched).await {
+                return Ok(false);
+            }
+            ready_bytes = 0;
+        }
+    }
+    let sent = tx
+        .send(Step::Batch {
+            read,
+            last_seq: batch.last_seq,
+        })
+        .await;
+    Ok(sent.is_ok())
 }
 
 /// Hands `step` to the writer (false when it is gone) while the requests in flight go on:
@@ -1138,9 +1213,9 @@ async fn write_all(target: &dyn Endpoint, docs: Vec<Revision>) -> Res<(u64, u64)
     let (mut written, mut failed) = (0, 0);
     let mut pending = by_size(docs, WRITE_BUDGET);
     pending.reverse();
-    while let Some(group) = pending.pop() {
+    while let Some(mut group) = pending.pop() {
         let n = group.len() as u64;
-        match target.bulk_docs(&group).await {
+        match target.bulk_docs(&mut group).await {
             Ok(f) => {
                 written += n - f as u64;
                 failed += f as u64;
@@ -1163,7 +1238,7 @@ fn by_size(docs: Vec<Revision>, budget: usize) -> Vec<Vec<Revision>> {
     let mut current = Vec::new();
     let mut size = 0;
     for d in docs {
-        let n = d.json.len();
+        let n = d.size;
         if !current.is_empty() && size + n > budget {
             groups.push(std::mem::take(&mut current));
             size = 0;
@@ -1557,7 +1632,7 @@ mod tests {
         fn fetches_in_flight(&self) -> usize {
             self.fetches_in_flight
         }
-        fn bulk_docs<'a>(&'a self, docs: &'a [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
+        fn bulk_docs<'a>(&'a self, docs: &'a mut [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
             let n = self.bulk_docs.get() + 1;
             self.bulk_docs.set(n);
             self.calls.borrow_mut().push("bulk_docs");
@@ -1659,10 +1734,12 @@ mod tests {
         let (r, s) = run(&src, &dst).await;
         r.unwrap();
         assert_eq!(s.docs_written, 4 * BATCH as u64);
-        // While batch k was written, the source was asked for batch k + 1, not k + 2.
+        // While batch k was written, batch k + 1's documents were read and its successor's
+        // changes asked for (a full batch: more are likely), and no further: the changes
+        // requests made by the end of each write.
         assert_eq!(
             *dst.seen.borrow(),
-            vec![2, 3, 4, 5],
+            vec![3, 4, 5, 5],
             "changes asked by each write's end"
         );
     }
@@ -1970,11 +2047,11 @@ mod tests {
         assert_eq!(fake.locals.lock().unwrap()["cp"], (5, json!({"n": 4})));
 
         // Writes are a _bulk_docs each, with no commit; the commit is asked for apart.
-        let docs = vec![
+        let mut docs = vec![
             Revision::new(json!({"_id": "a", "_rev": "1-ab", "x": [1, {"y": "é\n"}]})),
             Revision::new(json!({"_id": "b", "_rev": "2-cd", "_deleted": true})),
         ];
-        assert_eq!(ep.bulk_docs(&docs).await.unwrap(), 0);
+        assert_eq!(ep.bulk_docs(&mut docs).await.unwrap(), 0);
         assert_eq!(fake.log(), ["POST /db/_bulk_docs"]);
         assert_eq!(
             fake.bodies.lock().unwrap().pop().unwrap(),

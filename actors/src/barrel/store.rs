@@ -29,6 +29,7 @@ use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use super::runs::{self, RunView, RunWriter};
+use super::wal::{LogFile, Opened};
 use crate::error::BarrelError;
 
 /// `meta`: schema version, update seq and document counts.
@@ -57,11 +58,14 @@ const DELETED_COUNT_KEY: &str = "deleted_count";
 /// The last write-ahead log record whose writes this file holds.
 const APPLIED_LSN_KEY: &str = "applied_lsn";
 
-/// The write-ahead log (`<barrel file>.wal`, a redb file of its own): log sequence number →
-/// one group commit's writes, as requested (see [`encode_record`]).
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// The write-ahead log as earlier Cooper wrote it (`<barrel file>.wal` as a redb file): log
+/// sequence number → one group commit's writes (see [`encode_record`]). Read once, at the
+/// first open by this code, which replays it and replaces it with a [`LogFile`].
+const LEGACY_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Log bytes after which the barrel file is made durable and the log trimmed.
 const CHECKPOINT_BYTES: u64 = 64 << 20;
+/// Groups of at most this many writes are logged by the writer thread itself.
+const INLINE_LOG_OPS: usize = 1;
 /// Longest time the barrel file stays behind its log while writes come in.
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -253,13 +257,23 @@ impl DocRevision {
     /// `_attachments`, `_conflicts`, `_revisions`.
     pub fn to_json(&self) -> Value {
         let mut m = Map::with_capacity(self.body.len() + 4);
+        for (k, v) in &self.body {
+            m.insert(k.clone(), v.clone());
+        }
+        self.add_members(m)
+    }
+
+    /// [`DocRevision::to_json`], moving the body instead of copying it.
+    pub fn into_json(mut self) -> Value {
+        let m = std::mem::take(&mut self.body);
+        self.add_members(m)
+    }
+
+    fn add_members(&self, mut m: Map<String, Value>) -> Value {
         m.insert("_id".into(), Value::String(self.id.clone()));
         m.insert("_rev".into(), Value::String(self.rev.to_string()));
         if self.deleted {
             m.insert("_deleted".into(), Value::Bool(true));
-        }
-        for (k, v) in &self.body {
-            m.insert(k.clone(), v.clone());
         }
         if !self.attachments.is_empty() {
             let atts = self
@@ -330,6 +344,45 @@ pub enum OpenRev {
 pub struct Prepared {
     ops: Vec<WriteOp>,
     encoded: Vec<Vec<u8>>,
+    /// Per op, what the writer would compute from the request alone (not logged: replay
+    /// computes it again, to the same result).
+    hints: Vec<Option<Hint>>,
+}
+
+/// Work done for the writer on the caller's thread: a document's canonical CBOR body and,
+/// unless it is a deletion, its index keys (sorted, without duplicates).
+#[derive(Debug, Default)]
+struct Hint {
+    body_cbor: Vec<u8>,
+    keys: Option<Vec<Vec<u8>>>,
+}
+
+impl Hint {
+    fn of(op: &WriteOp) -> Option<Self> {
+        let (WriteOp::Edit(doc) | WriteOp::Replicate(doc)) = op else {
+            return None;
+        };
+        let id = doc.id.as_deref().filter(|id| !is_local_id(id))?;
+        let mut body_cbor = Vec::with_capacity(256);
+        cbor::encode_object(&doc.body, true, &mut body_cbor);
+        let keys = (!doc.deleted).then(|| index_keys(id, Some(&doc.body)));
+        Some(Self { body_cbor, keys })
+    }
+}
+
+/// The index keys of a document's body, sorted, without duplicates.
+fn index_keys(id: &str, body: Option<&Map<String, Value>>) -> Vec<Vec<u8>> {
+    let mut keys: Vec<Vec<u8>> = body
+        .map(|b| {
+            path::index_entries(b)
+                .into_iter()
+                .map(|(p, v)| path::index_key(&p, v, id))
+                .collect()
+        })
+        .unwrap_or_default();
+    keys.sort_unstable();
+    keys.dedup();
+    keys
 }
 
 impl Prepared {
@@ -343,7 +396,12 @@ impl Prepared {
             }
         }
         let encoded = ops.iter().map(encode_op).collect();
-        Ok(Self { ops, encoded })
+        let hints = ops.iter().map(Hint::of).collect();
+        Ok(Self {
+            ops,
+            encoded,
+            hints,
+        })
     }
 
     /// Number of writes.
@@ -360,6 +418,7 @@ impl Prepared {
     pub fn append(&mut self, other: Prepared) {
         self.ops.extend(other.ops);
         self.encoded.extend(other.encoded);
+        self.hints.extend(other.hints);
     }
 }
 
@@ -589,6 +648,8 @@ pub struct Store {
     /// How far writers were answered and readers can see (see [`Store::apply_then`]).
     visibility: Mutex<Visibility>,
     visible_cv: Condvar,
+    /// Wakes the writer when a reader waits for its open transaction.
+    commit_notify: tokio::sync::Notify,
     path: PathBuf,
     options: StoreOptions,
 }
@@ -625,6 +686,89 @@ struct Wal {
 struct Visibility {
     acked: u64,
     visible: u64,
+    /// A reader waits for `visible` to reach `acked`: the writer commits now.
+    wanted: bool,
+    /// Acknowledged writes were lost from the barrel file (they are in the log): reads fail
+    /// until the store is reopened.
+    failed: bool,
+}
+
+/// The results of a group's writes, one per write, in order.
+type WriteResults = Vec<Result<WriteResult, BarrelError>>;
+
+/// Answers a group of writes once its log record is durable: each write's result, or why the
+/// group failed.
+pub type Ack = Box<dyn FnOnce(Result<WriteResults, BarrelError>) + Send + 'static>;
+
+/// Writes an open transaction takes before it commits.
+pub const TXN_MAX_OPS: usize = 4096;
+/// Log bytes an open transaction holds before it commits.
+const TXN_MAX_BYTES: usize = 16 << 20;
+/// Longest time acknowledged writes wait in the open transaction before they are committed
+/// (and published to listeners) when no reader asks for them.
+pub const TXN_MAX_AGE: Duration = Duration::from_millis(10);
+
+/// The barrel file's write transaction while it spans group commits (see
+/// [`Store::apply_group`]): the groups' writes, their index changes (one run at commit), the
+/// log records they came from (applied again should the commit fail), the changes to publish.
+pub struct OpenTxn {
+    txn: WriteTransaction,
+    index: RunWriter,
+    records: Vec<(u64, Arc<Vec<u8>>)>,
+    /// Groups whose log records are not durable yet: their lsn, results and answer.
+    acks: std::collections::VecDeque<(u64, WriteResults, Ack)>,
+    changes: Changes,
+    ops: usize,
+    bytes: usize,
+    started: Instant,
+}
+
+impl OpenTxn {
+    fn begin(db: &Database) -> Result<Self, BarrelError> {
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::None)?;
+        Ok(Self {
+            txn,
+            index: RunWriter::new(),
+            records: Vec::new(),
+            acks: std::collections::VecDeque::new(),
+            changes: Vec::new(),
+            ops: 0,
+            bytes: 0,
+            started: Instant::now(),
+        })
+    }
+
+    /// When the first group began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether it should commit now, whatever its age.
+    pub fn is_full(&self) -> bool {
+        self.ops >= TXN_MAX_OPS || self.bytes >= TXN_MAX_BYTES
+    }
+
+    /// Whether groups wait for their log records.
+    pub fn has_unacknowledged(&self) -> bool {
+        !self.acks.is_empty()
+    }
+
+    /// Writes applied so far.
+    pub fn ops(&self) -> usize {
+        self.ops
+    }
+}
+
+impl std::fmt::Debug for OpenTxn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenTxn")
+            .field("records", &self.records.len())
+            .field("unacknowledged", &self.acks.len())
+            .field("ops", &self.ops)
+            .field("bytes", &self.bytes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Makes log record `.1` visible to readers when dropped.
@@ -634,89 +778,163 @@ impl Drop for VisibleOnDrop<'_> {
     fn drop(&mut self) {
         let mut v = self.0.visibility.lock().unwrap_or_else(|e| e.into_inner());
         v.visible = v.visible.max(self.1);
+        if v.visible >= v.acked {
+            v.wanted = false;
+        }
         self.0.visible_cv.notify_all();
     }
 }
 
-/// A command for the log thread, with where to answer.
-struct LogCmd {
-    /// Append this record (`None`: only trim).
-    append: Option<(u64, Vec<u8>)>,
-    /// Drop the records up to this one first.
-    trim_upto: Option<u64>,
-    done: std::sync::mpsc::SyncSender<Result<(), BarrelError>>,
+/// Records the log thread takes at most before it syncs (it takes every queued one up to
+/// this); also the number of records in flight before the writer waits.
+const LOG_QUEUE: usize = 64;
+
+/// How far the log is durable, shared by the log thread and the writer.
+#[derive(Debug, Default)]
+struct LogProgress {
+    state: Mutex<LogState>,
+    cv: Condvar,
+    /// Wakes the writer (waiting for its next job) when records became durable.
+    notify: tokio::sync::Notify,
 }
 
-/// The thread that commits the write-ahead log, so that a group commit's fsync runs while
-/// its writes are applied to the barrel file.
+#[derive(Debug, Default)]
+struct LogState {
+    /// Every record up to this one is durable.
+    durable: u64,
+    /// An append failed: no later record is written (a gap would hide them at replay).
+    failed: Option<BarrelError>,
+}
+
+impl LogProgress {
+    fn advance(&self, result: Result<u64, BarrelError>) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(lsn) => st.durable = st.durable.max(lsn),
+            Err(e) => {
+                st.failed.get_or_insert(e);
+            }
+        }
+        self.cv.notify_all();
+        self.notify.notify_one();
+    }
+
+    fn get(&self) -> (u64, Option<BarrelError>) {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        (st.durable, st.failed.clone())
+    }
+
+    /// Waits until record `lsn` is durable (or the log failed).
+    fn wait(&self, lsn: u64) -> Result<(), BarrelError> {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = &st.failed {
+                return Err(e.clone());
+            }
+            if st.durable >= lsn {
+                return Ok(());
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// The thread that appends to the write-ahead log: it takes every record queued while it
+/// synced the previous ones and makes them durable with one `fdatasync` (group commit of
+/// the log), while the writer applies the next groups to the barrel file.
 #[derive(Debug)]
 struct LogThread {
-    tx: Option<std::sync::mpsc::SyncSender<LogCmd>>,
+    file: Arc<Mutex<LogFile>>,
+    progress: Arc<LogProgress>,
+    /// The last record handed to the log (by the thread or inline).
+    submitted: u64,
+    tx: Option<std::sync::mpsc::SyncSender<(u64, Arc<Vec<u8>>)>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogThread {
-    fn start(db: Database, file: &Path) -> Result<Self, BarrelError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<LogCmd>(1);
+    fn start(log: LogFile, durable: u64) -> Result<Self, BarrelError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, Arc<Vec<u8>>)>(LOG_QUEUE);
         let name = format!(
             "wal-{}",
-            file.file_stem()
+            log.path()
+                .file_stem()
                 .and_then(|s| s.to_str())
                 .unwrap_or("barrel")
         );
+        let file = Arc::new(Mutex::new(log));
+        let progress = Arc::new(LogProgress::default());
+        progress.advance(Ok(durable));
+        let (shared, prog) = (file.clone(), progress.clone());
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                for cmd in rx {
-                    let result = (|| -> Result<(), BarrelError> {
-                        let mut ltx = db.begin_write()?;
-                        ltx.set_durability(Durability::Immediate)?;
-                        {
-                            let mut log = ltx.open_table(LOG)?;
-                            if let Some(upto) = cmd.trim_upto {
-                                log.retain_in(..=upto, |_, _| false)?;
-                            }
-                            if let Some((lsn, record)) = &cmd.append {
-                                log.insert(*lsn, record.as_slice())?;
-                            }
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < LOG_QUEUE {
+                        match rx.try_recv() {
+                            Ok(r) => batch.push(r),
+                            Err(_) => break,
                         }
-                        ltx.commit()?;
-                        Ok(())
-                    })();
-                    let _ = cmd.done.send(result);
+                    }
+                    if prog.get().1.is_some() {
+                        continue;
+                    }
+                    let last = batch.last().map_or(0, |r| r.0);
+                    let records: Vec<(u64, &[u8])> =
+                        batch.iter().map(|(l, r)| (*l, r.as_slice())).collect();
+                    let started = Instant::now();
+                    let result = match shared.lock() {
+                        Ok(mut f) => f.append_all(&records),
+                        Err(_) => Err(BarrelError::Storage("the log file is unusable".into())),
+                    };
+                    metrics::histogram!("cooper_wal_sync_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    metrics::histogram!("cooper_wal_records_per_sync").record(batch.len() as f64);
+                    prog.advance(result.map(|()| last));
                 }
             })
             .map_err(|e| BarrelError::Storage(format!("cannot start the log thread: {e}")))?;
         Ok(Self {
+            file,
+            progress,
+            submitted: durable,
             tx: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// Starts a log commit; the receiver answers when it is durable.
-    fn submit(
-        &self,
-        append: Option<(u64, Vec<u8>)>,
-        trim_upto: Option<u64>,
-    ) -> Result<std::sync::mpsc::Receiver<Result<(), BarrelError>>, BarrelError> {
-        let (done, rx) = std::sync::mpsc::sync_channel(1);
-        let cmd = LogCmd {
-            append,
-            trim_upto,
-            done,
-        };
+    /// Hands record `lsn` to the log thread (waits while [`LOG_QUEUE`] records are queued).
+    fn submit(&mut self, lsn: u64, record: Arc<Vec<u8>>) -> Result<(), BarrelError> {
         self.tx
             .as_ref()
             .ok_or(BarrelError::Closed)?
-            .send(cmd)
+            .send((lsn, record))
             .map_err(|_| BarrelError::Storage("the log thread stopped".into()))?;
-        Ok(rx)
+        self.submitted = lsn;
+        Ok(())
     }
-}
 
-fn wait_log(rx: std::sync::mpsc::Receiver<Result<(), BarrelError>>) -> Result<(), BarrelError> {
-    rx.recv()
-        .map_err(|_| BarrelError::Storage("the log thread stopped".into()))?
+    /// Whether every record handed to the log is durable.
+    fn idle(&self) -> bool {
+        let (durable, failed) = self.progress.get();
+        failed.is_none() && durable >= self.submitted
+    }
+
+    /// Appends record `lsn` on this thread; only when [`idle`](Self::idle).
+    fn append_inline(&mut self, lsn: u64, record: &[u8]) -> Result<(), BarrelError> {
+        self.submitted = lsn;
+        let result = self.file().and_then(|mut f| f.append(lsn, record));
+        self.progress.advance(result.clone().map(|()| lsn));
+        result
+    }
+
+    /// The log file (between appends).
+    fn file(&self) -> Result<std::sync::MutexGuard<'_, LogFile>, BarrelError> {
+        self.file
+            .lock()
+            .map_err(|_| BarrelError::Storage("the log file is unusable".into()))
+    }
 }
 
 impl Drop for LogThread {
@@ -729,16 +947,40 @@ impl Drop for LogThread {
 }
 
 impl Store {
-    /// Opens (or creates) the store at `path`, migrating an older schema forward.
+    /// Opens (or creates) the store at `path`, migrating an older schema forward and
+    /// applying the write-ahead log records the file does not hold yet.
     pub fn open(path: &Path, options: StoreOptions) -> Result<Self, BarrelError> {
         let db = Database::create(path)?;
+        Self::migrate(&db, path)?;
+        let mut applied = applied_lsn(&db)?;
         let wal_path = Self::wal_path(path);
-        let log = Database::create(&wal_path)?;
-        let (next_lsn, pending) = Self::read_log(&db, &log)?;
+        let (log, records) = match LogFile::open(&wal_path)? {
+            Opened::Log(log, records) => (log, records),
+            Opened::Legacy => {
+                let records = legacy_records(&Database::create(&wal_path)?)?;
+                let pending = records.iter().filter(|(lsn, _)| *lsn > applied).count();
+                for (lsn, raw) in records.iter().filter(|(lsn, _)| *lsn > applied) {
+                    reapply_record(&db, &options, *lsn, raw)?;
+                }
+                // Durable before the old log goes.
+                let mut txn = db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                txn.commit()?;
+                tracing::info!(file = %path.display(), records = pending,
+                    "replayed and replaced a write-ahead log of an earlier format");
+                applied = applied.max(records.last().map_or(0, |r| r.0));
+                (LogFile::replace(&wal_path)?, Vec::new())
+            }
+        };
+        let next_lsn = records.last().map_or(0, |r| r.0).max(applied) + 1;
+        let pending: Vec<_> = records
+            .into_iter()
+            .filter(|(lsn, _)| *lsn > applied)
+            .collect();
         let store = Self {
             db: RwLock::new(Some(db)),
             wal: Mutex::new(Some(Wal {
-                log: LogThread::start(log, path)?,
+                log: LogThread::start(log, next_lsn - 1)?,
                 next_lsn,
                 last_checkpoint: Instant::now(),
                 bytes_since_checkpoint: 0,
@@ -747,10 +989,10 @@ impl Store {
             })),
             visibility: Mutex::new(Visibility::default()),
             visible_cv: Condvar::new(),
+            commit_notify: tokio::sync::Notify::new(),
             path: path.to_owned(),
             options,
         };
-        store.migrate()?;
         store.recover(pending)?;
         Ok(store)
     }
@@ -781,32 +1023,6 @@ impl Store {
         PathBuf::from(p)
     }
 
-    /// The next log sequence number, and the records past the barrel file's `applied_lsn`.
-    #[allow(clippy::type_complexity)]
-    fn read_log(db: &Database, log: &Database) -> Result<(u64, Vec<(u64, Vec<u8>)>), BarrelError> {
-        let applied = {
-            let txn = db.begin_read()?;
-            match txn.open_table(META) {
-                Ok(meta) => meta.get(APPLIED_LSN_KEY)?.map_or(0, |g| g.value()),
-                Err(redb::TableError::TableDoesNotExist(_)) => 0,
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let txn = log.begin_read()?;
-        let table = match txn.open_table(LOG) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok((applied + 1, Vec::new())),
-            Err(e) => return Err(e.into()),
-        };
-        let last = table.last()?.map_or(0, |(k, _)| k.value());
-        let mut pending = Vec::new();
-        for entry in table.range(applied + 1..)? {
-            let (lsn, raw) = entry?;
-            pending.push((lsn.value(), raw.value().to_vec()));
-        }
-        Ok((last.max(applied) + 1, pending))
-    }
-
     /// Applies the log records the barrel file does not hold yet (after a crash), makes the
     /// file durable and trims the log.
     fn recover(&self, pending: Vec<(u64, Vec<u8>)>) -> Result<(), BarrelError> {
@@ -825,13 +1041,15 @@ impl Store {
         Self::checkpoint_locked(db, wal)
     }
 
-    /// Makes the barrel file durable and trims the log, if the file is behind it.
+    /// Makes the barrel file durable and starts a new log cycle, if the file is behind the
+    /// log; gives back log space beyond a few MiB (the writer calls it when idle).
     pub fn checkpoint(&self) -> Result<(), BarrelError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
         let mut guard = self.lock_wal();
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
-        Self::checkpoint_locked(db, wal)
+        Self::checkpoint_locked(db, wal)?;
+        wal.log.file().and_then(|mut f| f.restart_and_shrink())
     }
 
     /// Whether the barrel file has commits that are not durable yet (the writer checkpoints
@@ -850,8 +1068,11 @@ impl Store {
             txn.set_durability(Durability::Immediate)?;
             txn.commit()?;
             wal.dirty = false;
-            // Every record so far is in the durable file now.
-            wait_log(wal.log.submit(None, Some(wal.next_lsn - 1))?)?;
+            // Every record so far is in the durable file now: the next one starts a new
+            // cycle at the start of the log (no fsync needed: reading the log stops at the
+            // end of the current cycle).
+            debug_assert!(wal.log.idle(), "a new log cycle with records in flight");
+            wal.log.file()?.restart();
         }
         wal.last_checkpoint = Instant::now();
         wal.bytes_since_checkpoint = 0;
@@ -880,17 +1101,24 @@ impl Store {
         {
             let mut v = self.visibility.lock().unwrap_or_else(|e| e.into_inner());
             let target = v.acked;
-            while v.visible < target {
+            if v.visible < target && !v.wanted {
+                // The writer holds them in its open transaction: ask it to commit.
+                v.wanted = true;
+                self.commit_notify.notify_one();
+            }
+            while v.visible < target && !v.failed {
                 v = self.visible_cv.wait(v).unwrap_or_else(|e| e.into_inner());
+            }
+            if v.failed {
+                return Err(poisoned());
             }
         }
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         Ok(db.as_ref().ok_or(BarrelError::Closed)?.begin_read()?)
     }
 
-    fn migrate(&self) -> Result<(), BarrelError> {
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let txn = db.as_ref().ok_or(BarrelError::Closed)?.begin_write()?;
+    fn migrate(db: &Database, path: &Path) -> Result<(), BarrelError> {
+        let txn = db.begin_write()?;
         let found = {
             let mut meta = txn.open_table(META)?;
             let found = meta.get(SCHEMA_VERSION_KEY)?.map(|g| g.value());
@@ -916,7 +1144,7 @@ impl Store {
             }
             Some(v) => {
                 for from in v..SCHEMA_VERSION {
-                    tracing::info!(file = %self.path.display(), from, to = from + 1, "migrating barrel");
+                    tracing::info!(file = %path.display(), from, to = from + 1, "migrating barrel");
                     MIGRATIONS[from as usize - 1](&txn)?;
                 }
                 txn.open_table(META)?
@@ -933,95 +1161,278 @@ impl Store {
         &self,
         ops: Vec<WriteOp>,
     ) -> Result<(Vec<Result<WriteResult, BarrelError>>, Changes), BarrelError> {
-        let mut out = Vec::new();
-        let changes = self.apply_then(Prepared::new(ops)?, |results| out = results)?;
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let slot = out.clone();
+        let changes = self.apply_then(
+            Prepared::new(ops)?,
+            Box::new(move |r| {
+                if let Ok(r) = r {
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = r;
+                }
+            }),
+        )?;
+        let out = std::mem::take(&mut *out.lock().unwrap_or_else(|e| e.into_inner()));
         Ok((out, changes))
     }
 
-    /// Applies a batch of writes in one group commit: each write's result is in its slot; a
-    /// failed write leaves no trace, the others commit. `durable` gets the results as soon as
-    /// the group's log record is durable (the acknowledgement point), before the barrel
-    /// file's commit makes the writes visible; reads that start after it wait for that
-    /// commit. Returns the changes to publish (visible by then). On an error `durable` is
-    /// not called and nothing of the group is acknowledged.
-    pub fn apply_then(
-        &self,
-        prepared: Prepared,
-        durable: impl FnOnce(Vec<Result<WriteResult, BarrelError>>),
-    ) -> Result<Changes, BarrelError> {
-        let Prepared { ops, encoded } = prepared;
-        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = db.as_ref().ok_or(BarrelError::Closed)?;
-        let mut guard = self.lock_wal();
-        let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
-        if wal.poisoned {
-            return Err(poisoned());
+    /// Applies a batch of writes in one group commit and commits the barrel file at once:
+    /// [`Store::apply_group`] then [`Store::commit_open`]. Returns the changes to publish
+    /// (visible by then); `ack` has been called by then. Not while a
+    /// [`Barrel`](crate::barrel::Barrel) writes to this store (its writer holds an open
+    /// transaction).
+    pub fn apply_then(&self, prepared: Prepared, ack: Ack) -> Result<Changes, BarrelError> {
+        let mut open = None;
+        self.apply_group(&mut open, prepared, ack)?;
+        match open {
+            Some(open) => self.commit_open(open),
+            None => Ok(Vec::new()),
         }
-        let lsn = wal.next_lsn;
-        // The log gets the writes as requested, first thing, and commits (the fsync) while
-        // they are applied here; replay reproduces the same results, failures included.
-        let record = encode_record(encoded.iter().map(Vec::as_slice));
-        wal.bytes_since_checkpoint += record.len() as u64;
-        let logged = wal.log.submit(Some((lsn, record.clone())), None)?;
-        wal.next_lsn = lsn + 1;
-        // From here the record may be durable: should this group fail before it is
-        // acknowledged, later groups would be applied (and acknowledged) on a state without
-        // it while the next open replays it before them. So a failure here poisons the store
-        // (no more writes, checkpoints or trims) until it is reopened and the log replayed;
-        // a panic does the same through the poisoned mutex (see `lock_wal`).
-        let applied = (|| -> Result<_, BarrelError> {
-            let mut txn = db.begin_write()?;
-            txn.set_durability(Durability::None)?;
-            let (results, changes) = {
-                let mut w = Writer::open(&txn, &self.options)?;
-                let results: Vec<_> = ops.into_iter().map(|op| w.apply(op)).collect();
-                w.applied_lsn = Some(lsn);
-                let finished = w.finish();
-                // The acknowledgement point: the log record is durable.
-                wait_log(logged)?;
-                finished?;
-                (results, w.changes)
+    }
+
+    /// Applies a group of writes inside the barrel file's open transaction (begun if `open`
+    /// is `None`): each write's result is in its slot; a failed write leaves no trace, the
+    /// others apply. The group's log record goes to the log thread, which makes it durable
+    /// (with those of other groups) while the writer goes on; `ack` gets the results once it
+    /// is durable (the acknowledgement point; see [`Store::acknowledge`]). A group of one
+    /// write with nothing else in flight is logged here, and acknowledged before this returns.
+    /// The writes become visible when the transaction commits ([`Store::commit_open`]); a
+    /// read that starts after the acknowledgement waits for that commit and asks for it
+    /// ([`Store::commit_wanted`]). On an error `ack` gets it; the open transaction is then
+    /// aborted, and should it hold acknowledged writes the store refuses reads and writes
+    /// until it is reopened (which applies them from the log).
+    ///
+    /// Only one thread (the barrel's writer) may hold an open transaction; it takes the log
+    /// lock while holding it, so no other thread may start a write on this store meanwhile.
+    pub fn apply_group(
+        &self,
+        open: &mut Option<OpenTxn>,
+        prepared: Prepared,
+        ack: Ack,
+    ) -> Result<(), BarrelError> {
+        let Prepared {
+            ops,
+            encoded,
+            hints,
+        } = prepared;
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let Some(db) = db.as_ref() else {
+            ack(Err(BarrelError::Closed));
+            return Err(BarrelError::Closed);
+        };
+        let mut guard = self.lock_wal();
+        let Some(wal) = guard.as_mut().filter(|w| !w.poisoned) else {
+            let e = if guard.is_some() {
+                poisoned()
+            } else {
+                BarrelError::Closed
             };
-            Ok((txn, results, changes))
+            ack(Err(e.clone()));
+            return Err(e);
+        };
+        let lsn = wal.next_lsn;
+        let n = ops.len();
+        // The log gets the writes as requested, first thing, and syncs them while they are
+        // applied here; replay reproduces the same results, failures included.
+        let record = Arc::new(encode_record(encoded.iter().map(Vec::as_slice)));
+        wal.bytes_since_checkpoint += record.len() as u64;
+        // A lone write with nothing in flight is logged on this thread after it is applied
+        // (cheaper than two thread hand-offs); otherwise the log thread takes it now.
+        let inline = n <= INLINE_LOG_OPS && wal.log.idle();
+        if !inline {
+            if let Err(e) = wal.log.submit(lsn, record.clone()) {
+                ack(Err(e.clone()));
+                return Err(e);
+            }
+        }
+        wal.next_lsn = lsn + 1;
+        // From here the record may be durable: should this group fail, later groups would be
+        // applied (and acknowledged) on a state without it while the next open replays it
+        // before them. So a failure here poisons the store (no more writes, checkpoints or
+        // new log cycles) until it is reopened and the log replayed; a panic does the same
+        // through the poisoned mutex (see `lock_wal`).
+        let applied = (|| -> Result<_, BarrelError> {
+            let o = match open {
+                Some(o) => o,
+                None => open.insert(OpenTxn::begin(db)?),
+            };
+            let mut w = Writer::open(&o.txn, &self.options, std::mem::take(&mut o.index))?;
+            let results: Vec<_> = ops
+                .into_iter()
+                .zip(hints)
+                .map(|(op, hint)| {
+                    w.hint = hint;
+                    w.apply(op)
+                })
+                .collect();
+            w.applied_lsn = Some(lsn);
+            let finished = w.finish();
+            o.index = std::mem::take(&mut w.index);
+            o.changes.append(&mut w.changes);
+            drop(w);
+            if inline {
+                wal.log.append_inline(lsn, &record)?;
+            }
+            finished?;
+            o.ops += n;
+            o.bytes += record.len();
+            o.records.push((lsn, record));
+            Ok(results)
         })();
-        let (txn, results, changes) = match applied {
-            Ok(a) => a,
+        match applied {
+            Ok(results) => {
+                if let Some(o) = open.as_mut() {
+                    o.acks.push_back((lsn, results, ack));
+                }
+                drop(guard);
+                self.acknowledge(open)
+            }
             Err(e) => {
                 tracing::error!(file = %self.path.display(), error = %e,
                     "a group commit failed after its log record was written; reopen the barrel");
                 wal.poisoned = true;
-                return Err(e);
+                drop(guard);
+                ack(Err(e.clone()));
+                self.abort_open(open, &e);
+                Err(e)
             }
+        }
+    }
+
+    /// Answers the groups of the open transaction whose log records are durable. On a
+    /// failed log every group of the transaction fails (see [`Store::abort_open`]).
+    pub fn acknowledge(&self, open: &mut Option<OpenTxn>) -> Result<(), BarrelError> {
+        let Some(o) = open.as_mut() else {
+            return Ok(());
         };
-        self.visibility
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .acked = lsn;
+        let (durable, failed) = self
+            .lock_wal()
+            .as_ref()
+            .map_or((0, Some(BarrelError::Closed)), |w| w.log.progress.get());
+        if let Some(e) = failed {
+            tracing::error!(file = %self.path.display(), error = %e,
+                "writing the write-ahead log failed; reopen the barrel");
+            if let Some(w) = self.lock_wal().as_mut() {
+                w.poisoned = true;
+            }
+            self.abort_open(open, &e);
+            return Err(e);
+        }
+        let mut done = Vec::new();
+        while o.acks.front().is_some_and(|a| a.0 <= durable) {
+            done.extend(o.acks.pop_front());
+        }
+        if let Some(last) = done.last().map(|a| a.0) {
+            // Before the answers: a writer that reads right after its answer finds its
+            // writes (it waits for this transaction's commit).
+            let mut v = self.visibility.lock().unwrap_or_else(|e| e.into_inner());
+            v.acked = v.acked.max(last);
+        }
+        for (_, results, ack) in done {
+            ack(Ok(results));
+        }
+        Ok(())
+    }
+
+    /// Completes when log records became durable (or the log failed) since the last call.
+    pub async fn log_progressed(&self) {
+        let progress = self.lock_wal().as_ref().map(|w| w.log.progress.clone());
+        match progress {
+            Some(p) => p.notify.notified().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Drops an open transaction after a failure: its unanswered groups get `error`; should
+    /// it hold acknowledged writes, reads fail until the store is reopened (they are in the
+    /// log).
+    pub fn abort_open(&self, open: &mut Option<OpenTxn>, error: &BarrelError) {
+        let Some(o) = open.take() else { return };
+        let acked = o.records.len() > o.acks.len();
+        for (_, _, ack) in o.acks {
+            ack(Err(error.clone()));
+        }
+        if acked {
+            self.fail_reads();
+        }
+    }
+
+    /// After a panic in [`Store::apply_group`] or [`Store::commit_open`]: acknowledged writes
+    /// may be missing from the barrel file, so writes and reads fail until it is reopened
+    /// (which applies them from the log).
+    pub fn poison(&self) {
+        if let Some(w) = self.lock_wal().as_mut() {
+            w.poisoned = true;
+        }
+        self.fail_reads();
+    }
+
+    fn fail_reads(&self) {
+        let mut v = self.visibility.lock().unwrap_or_else(|e| e.into_inner());
+        v.failed = true;
+        self.visible_cv.notify_all();
+    }
+
+    /// Commits the open transaction once its log records are durable (answering its
+    /// groups): its groups become visible. Returns the changes to publish. Should the commit
+    /// fail, the groups are applied again from their log records; should that fail too,
+    /// reads and writes fail until the store is reopened.
+    pub fn commit_open(&self, open: OpenTxn) -> Result<Changes, BarrelError> {
+        let Some(last) = open.records.last().map(|r| r.0) else {
+            // Nothing was applied: nothing to commit.
+            return Ok(Vec::new());
+        };
+        let progress = self.lock_wal().as_ref().map(|w| w.log.progress.clone());
+        let durable = progress.map_or(Err(BarrelError::Closed), |p| p.wait(last));
+        let mut open = Some(open);
+        if let Err(e) = durable.and_then(|()| self.acknowledge(&mut open)) {
+            self.abort_open(&mut open, &e);
+            return Err(e);
+        }
+        let Some(OpenTxn {
+            txn,
+            index,
+            records,
+            changes,
+            ..
+        }) = open
+        else {
+            return Ok(Vec::new());
+        };
         // Readers wait for `visible` to reach `acked`: it does when this scope ends, even by
         // an unwinding panic.
-        let _visible = VisibleOnDrop(self, lsn);
-        durable(results);
+        let _visible = VisibleOnDrop(self, last);
+        let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+        let db = db.as_ref().ok_or(BarrelError::Closed)?;
+        // Committed before the log lock is taken (lock order: log, then the file's writer).
+        let committed = index
+            .finish(&txn)
+            .and_then(|()| txn.commit().map_err(BarrelError::from));
+        let mut guard = self.lock_wal();
+        let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         wal.dirty = true;
-        if let Err(e) = txn.commit() {
-            // Acknowledged, so apply the logged writes again in a fresh transaction; should
+        if let Err(e) = committed {
+            // Acknowledged, so apply the logged writes again in fresh transactions; should
             // that fail too, the next open applies them from the log.
             tracing::error!(file = %self.path.display(), error = %e,
-                "commit after the write-ahead log failed; applying the log record again");
-            if let Err(e) = self.reapply(db, lsn, &record) {
-                tracing::error!(file = %self.path.display(), error = %e,
-                    "applying the log record again failed; reopen the barrel to apply the log");
-                // Later commits would move `applied_lsn` past this record and a trim would
-                // drop it: stop here, so that the next open applies it.
-                wal.poisoned = true;
-                // Nothing to publish: the writes are not readable before that open.
-                return Ok(Vec::new());
+                "commit after the write-ahead log failed; applying the log records again");
+            for (lsn, record) in &records {
+                if let Err(e) = self.reapply(db, *lsn, record) {
+                    tracing::error!(file = %self.path.display(), error = %e,
+                        "applying the log record again failed; reopen the barrel to apply the log");
+                    // Later commits would move `applied_lsn` past this record and a new log
+                    // cycle would drop it: stop here, so that the next open applies it.
+                    wal.poisoned = true;
+                    self.fail_reads();
+                    // Nothing to publish: the writes are not readable before that open.
+                    return Ok(Vec::new());
+                }
             }
         }
         drop(_visible);
         if wal.bytes_since_checkpoint >= CHECKPOINT_BYTES
             || wal.last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL
         {
-            // The group is acknowledged and visible whatever happens here; a failed
+            // The groups are acknowledged and visible whatever happens here; a failed
             // checkpoint is tried again later (the file stays `dirty`).
             if let Err(e) = Self::checkpoint_locked(db, wal) {
                 tracing::warn!(file = %self.path.display(), error = %e, "checkpoint failed");
@@ -1030,21 +1441,23 @@ impl Store {
         Ok(changes)
     }
 
+    /// Whether a reader waits for acknowledged writes of the open transaction.
+    pub fn commit_wanted(&self) -> bool {
+        self.visibility
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .wanted
+    }
+
+    /// Completes when a reader asks for the open transaction to commit (or at once, if one
+    /// asked since the last call).
+    pub async fn commit_requested(&self) {
+        self.commit_notify.notified().await;
+    }
+
     /// Applies one log record to the barrel file (without fsync).
     fn reapply(&self, db: &Database, lsn: u64, record: &[u8]) -> Result<(), BarrelError> {
-        let ops = decode_record(record)?;
-        let mut txn = db.begin_write()?;
-        txn.set_durability(Durability::None)?;
-        {
-            let mut w = Writer::open(&txn, &self.options)?;
-            for op in ops {
-                let _ = w.apply(op);
-            }
-            w.applied_lsn = Some(lsn);
-            w.finish()?;
-        }
-        txn.commit()?;
-        Ok(())
+        reapply_record(db, &self.options, lsn, record)
     }
 
     /// The winner (or the revision in `opts.rev`) of a document; `NotFound` for a missing
@@ -1566,6 +1979,57 @@ fn feed_with_earlier_topics(txn: &WriteTransaction) -> Result<(), BarrelError> {
     Ok(())
 }
 
+/// Applies one log record to the barrel file (without fsync).
+fn reapply_record(
+    db: &Database,
+    options: &StoreOptions,
+    lsn: u64,
+    record: &[u8],
+) -> Result<(), BarrelError> {
+    let ops = decode_record(record)?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::None)?;
+    {
+        let mut w = Writer::open(&txn, options, RunWriter::new())?;
+        for op in ops {
+            let _ = w.apply(op);
+        }
+        w.applied_lsn = Some(lsn);
+        w.finish()?;
+        let index = std::mem::take(&mut w.index);
+        drop(w);
+        index.finish(&txn)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// The last log record whose writes the barrel file holds.
+fn applied_lsn(db: &Database) -> Result<u64, BarrelError> {
+    let txn = db.begin_read()?;
+    Ok(match txn.open_table(META) {
+        Ok(meta) => meta.get(APPLIED_LSN_KEY)?.map_or(0, |g| g.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => 0,
+        Err(e) => return Err(e.into()),
+    })
+}
+
+/// Every record of a log in the earlier (redb) format.
+fn legacy_records(log: &Database) -> Result<Vec<(u64, Vec<u8>)>, BarrelError> {
+    let txn = log.begin_read()?;
+    let table = match txn.open_table(LEGACY_LOG) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (lsn, raw) = entry?;
+        out.push((lsn.value(), raw.value().to_vec()));
+    }
+    Ok(out)
+}
+
 fn encode_feed(e: &FeedEntry) -> Vec<u8> {
     let mut out = Vec::with_capacity(32 + e.id.len());
     ciborium::into_writer(e, &mut out).expect("cbor into a vec");
@@ -1769,8 +2233,9 @@ struct Writer<'t> {
     docs: Table<'t, &'static str, &'static [u8]>,
     bodies: Table<'t, &'static [u8], &'static [u8]>,
     changes_table: Table<'t, u64, &'static [u8]>,
-    txn: &'t WriteTransaction,
     index: RunWriter,
+    /// The caller's precomputed work for the op being applied.
+    hint: Option<Hint>,
     attachments: Table<'t, &'static [u8], &'static [u8]>,
     local: Table<'t, &'static str, &'static [u8]>,
     revs_limit: usize,
@@ -1789,7 +2254,11 @@ struct NewAttachment {
 }
 
 impl<'t> Writer<'t> {
-    fn open(txn: &'t WriteTransaction, options: &StoreOptions) -> Result<Self, BarrelError> {
+    fn open(
+        txn: &'t WriteTransaction,
+        options: &StoreOptions,
+        index: RunWriter,
+    ) -> Result<Self, BarrelError> {
         let meta = txn.open_table(META)?;
         let get = |k| -> Result<u64, BarrelError> { Ok(meta.get(k)?.map_or(0, |g| g.value())) };
         let (seq, doc_count, deleted_count) = (
@@ -1801,8 +2270,8 @@ impl<'t> Writer<'t> {
             docs: txn.open_table(DOCS)?,
             bodies: txn.open_table(BODIES)?,
             changes_table: txn.open_table(FEED)?,
-            txn,
-            index: RunWriter::new(),
+            index,
+            hint: None,
             attachments: txn.open_table(ATTACHMENTS)?,
             local: txn.open_table(LOCAL)?,
             meta,
@@ -1822,7 +2291,6 @@ impl<'t> Writer<'t> {
         if let Some(lsn) = self.applied_lsn {
             self.meta.insert(APPLIED_LSN_KEY, lsn)?;
         }
-        std::mem::take(&mut self.index).finish(self.txn)?;
         Ok(())
     }
 
@@ -1881,6 +2349,18 @@ impl<'t> Writer<'t> {
                 deleted,
                 body,
             } => self.put_local(id, rev, deleted, body, false),
+        }
+    }
+
+    /// The canonical CBOR of the op's body: from the hint, or encoded here.
+    fn body_cbor(&mut self, body: &Map<String, Value>) -> Vec<u8> {
+        match self.hint.as_mut() {
+            Some(h) => std::mem::take(&mut h.body_cbor),
+            None => {
+                let mut out = Vec::with_capacity(256);
+                cbor::encode_object(body, true, &mut out);
+                out
+            }
         }
     }
 
@@ -1979,8 +2459,7 @@ impl<'t> Writer<'t> {
         };
         let atts = self.resolve_attachments(&id, &doc, parent.as_ref(), info.as_ref(), false)?;
         let body = doc.body;
-        let mut body_cbor = Vec::with_capacity(256);
-        cbor::encode_object(&body, true, &mut body_cbor);
+        let body_cbor = self.body_cbor(&body);
         let digests: Vec<String> = atts.iter().map(|a| a.meta.digest()).collect();
         let rev = cbor::next_rev(doc.deleted, parent.as_ref(), &body_cbor, &digests);
         let path: Vec<Rev> = std::iter::once(rev).chain(parent).collect();
@@ -2039,8 +2518,7 @@ impl<'t> Writer<'t> {
             });
         }
         let atts = self.resolve_attachments(&id, &doc, None, info.as_ref(), true)?;
-        let mut body_cbor = Vec::with_capacity(256);
-        cbor::encode_object(&doc.body, true, &mut body_cbor);
+        let body_cbor = self.body_cbor(&doc.body);
         self.commit_revision(&id, info, &path, doc.deleted, doc.body, &body_cbor, atts)?;
         Ok(WriteResult {
             id,
@@ -2215,7 +2693,12 @@ impl<'t> Writer<'t> {
                 Some(w) if !w.deleted => old_body,
                 _ => None,
             };
-            self.reindex(id, old_live.as_ref(), new_live.as_ref())?;
+            // The new body's keys were computed by the caller when it is the new winner.
+            let hinted = match self.hint.take() {
+                Some(h) if !new_winner.deleted && new_winner.rev == leaf => h.keys,
+                _ => None,
+            };
+            self.reindex(id, old_live.as_ref(), new_live.as_ref(), hinted)?;
             match (old_winner.map(|w| w.deleted), new_winner.deleted) {
                 (None, false) => self.doc_count += 1,
                 (None, true) => self.deleted_count += 1,
@@ -2290,21 +2773,10 @@ impl<'t> Writer<'t> {
         id: &str,
         old: Option<&Map<String, Value>>,
         new: Option<&Map<String, Value>>,
+        new_keys: Option<Vec<Vec<u8>>>,
     ) -> Result<(), BarrelError> {
-        let keys = |b: Option<&Map<String, Value>>| -> Vec<Vec<u8>> {
-            let mut keys: Vec<Vec<u8>> = b
-                .map(|b| {
-                    path::index_entries(b)
-                        .into_iter()
-                        .map(|(p, v)| path::index_key(&p, v, id))
-                        .collect()
-                })
-                .unwrap_or_default();
-            keys.sort_unstable();
-            keys.dedup();
-            keys
-        };
-        let (old, new) = (keys(old), keys(new));
+        let old = index_keys(id, old);
+        let new = new_keys.unwrap_or_else(|| index_keys(id, new));
         for k in &old {
             if new.binary_search(k).is_err() {
                 self.index.delete(k.clone());
@@ -2880,5 +3352,52 @@ impl Cursor {
             }
             _ => Err(bad_cursor()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn edit(doc: Value) -> WriteOp {
+        WriteOp::Edit(cooper_protocols::document::split(doc).unwrap())
+    }
+
+    #[test]
+    fn a_legacy_redb_log_is_replayed_then_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.redb");
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        s.apply(vec![edit(json!({"_id": "a", "n": 1}))]).unwrap();
+        s.close();
+        drop(s);
+
+        // What an earlier Cooper left after a crash: record 2 in a redb log, not yet in the file.
+        let wal = Store::wal_path(&path);
+        std::fs::remove_file(&wal).unwrap();
+        {
+            let log = Database::create(&wal).unwrap();
+            let txn = log.begin_write().unwrap();
+            let op = encode_op(&edit(json!({"_id": "b", "n": 2})));
+            txn.open_table(LEGACY_LOG)
+                .unwrap()
+                .insert(2, encode_record(std::iter::once(op.as_slice())).as_slice())
+                .unwrap();
+            txn.commit().unwrap();
+        }
+
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        assert_eq!(s.get("b", &GetOptions::default()).unwrap().body["n"], 2);
+        assert!(std::fs::read(&wal).unwrap().starts_with(b"cooperWL"));
+        s.apply(vec![edit(json!({"_id": "c", "n": 3}))]).unwrap();
+        assert_eq!(s.lock_wal().as_ref().unwrap().next_lsn, 4);
+        s.close();
+        drop(s);
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        for id in ["a", "b", "c"] {
+            s.get(id, &GetOptions::default()).unwrap();
+        }
+        assert_eq!(s.counts().unwrap().doc_count, 3);
     }
 }
