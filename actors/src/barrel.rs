@@ -1,11 +1,16 @@
-//! The `Barrel` actor: owns one barrel's redb store, commits writes in groups on a dedicated
-//! writer thread, and publishes a [`DocumentChanged`] after every commit.
+//! The `Barrel` actor: owns one barrel's redb store, applies writes in groups on a dedicated
+//! writer thread, and publishes a [`DocumentChanged`] for every change once it is committed.
 //!
-//! **Group commit**: writes that arrive while a commit is in flight queue up in a bounded
-//! channel and go into the next transaction together, so N concurrent writers cost about one
-//! fsync. A write is acknowledged only after its `Durability::Immediate` commit returned.
+//! **Group commit**: writes that arrive while the writer is busy queue up in a bounded
+//! channel and are applied together as the next group; the log thread makes the log records
+//! queued meanwhile durable with one fsync, so N concurrent writers cost about one fsync. A
+//! write is acknowledged only once its log record is durable. The barrel file's transaction
+//! spans groups and commits (without fsync) when a reader asks for what it holds, when it is
+//! large and no write waits, after [`store::TXN_MAX_AGE`], or when full (see
+//! [`Store::apply_group`]).
 //! **Reads** go straight to the store through a [`BarrelHandle`] on read transactions, from
-//! the caller's thread: they never wait for the writer or for the actor's mailbox.
+//! the caller's thread, never through the actor's mailbox; a read that starts after a write
+//! was acknowledged waits for the commit that makes it visible (it asks for it: no fsync).
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -39,6 +44,9 @@ pub const WRITE_QUEUE: usize = 1024;
 /// Most documents one group commit takes from the queue (a single larger request still
 /// commits whole, in one transaction).
 pub const MAX_BATCH_OPS: usize = 4096;
+/// An open transaction with at least this many writes commits as soon as no write waits
+/// (smaller ones wait for more writes, a reader, or [`store::TXN_MAX_AGE`]).
+pub const EAGER_COMMIT_OPS: usize = 64;
 /// Events kept for slow subscribers of [`DocumentChanged`] before they lag.
 pub const EVENT_BUFFER: usize = 4096;
 
@@ -261,13 +269,17 @@ fn writer_loop(
             return;
         }
     };
-    let mut open: Option<OpenTxn> = None;
+    let mut open = OpenGuard { store, open: None };
+    let open = &mut open.open;
     loop {
-        let next = match &open {
+        let next = match &*open {
             Some(o)
                 if o.is_full()
                     || store.commit_wanted()
-                    || o.started().elapsed() >= store::TXN_MAX_AGE =>
+                    || o.started().elapsed() >= store::TXN_MAX_AGE
+                    // Large enough to be worth its commit, and nothing waits: commit now,
+                    // before a reader (often the writer, reading back) has to ask.
+                    || (o.ops() >= EAGER_COMMIT_OPS && rx.is_empty()) =>
             {
                 Next::Commit
             }
@@ -294,9 +306,9 @@ fn writer_loop(
             None => rx.blocking_recv().map_or(Next::Closed, Next::Job),
         };
         match next {
-            Next::Job(first) => group_commit(name, store, &mut open, &mut rx, first),
+            Next::Job(first) => group_commit(name, store, open, &mut rx, first),
             Next::Acknowledge => {
-                if let Err(e) = store.acknowledge(&mut open) {
+                if let Err(e) = store.acknowledge(open) {
                     tracing::error!(barrel = %name, error = %e, "group commit failed");
                 }
             }
@@ -321,6 +333,21 @@ fn writer_loop(
     if let Err(e) = store.checkpoint() {
         if !matches!(e, BarrelError::Closed) {
             tracing::warn!(barrel = %name, error = %e, "checkpoint at stop failed");
+        }
+    }
+}
+
+/// The writer's open transaction: dropped by a panic while it holds acknowledged writes, it
+/// fails the store (reads and writes) until it is reopened, which applies them from the log.
+struct OpenGuard<'a> {
+    store: &'a Store,
+    open: Option<OpenTxn>,
+}
+
+impl Drop for OpenGuard<'_> {
+    fn drop(&mut self) {
+        if self.open.take().is_some_and(|o| o.holds_acknowledged()) {
+            self.store.poison();
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The redb store of one barrel (DESIGN §3). Synchronous, plain and free of actix: the
-//! [`Barrel`](crate::barrel::Barrel) actor calls it from its writer thread (writes, batched
-//! into one transaction per group commit) and from any thread (reads, on read transactions
-//! that never wait for writers).
+//! [`Barrel`](crate::barrel::Barrel) actor calls it from its writer thread (writes, in groups
+//! inside a transaction that spans several of them; see [`Store::apply_group`]) and from any
+//! thread (reads, on read transactions; a read waits only for the commit of writes
+//! acknowledged before it started).
 //!
 //! Every stored value starts with a format byte, and the `meta` table records the schema
 //! version; [`Store::open`] migrates older files forward and refuses newer ones.
@@ -656,15 +657,15 @@ pub struct Store {
 
 /// The write-ahead log of a store and its checkpoint state.
 ///
-/// A group commit applies its writes to the barrel file in a transaction, appends them to the
-/// log and commits the log with `Durability::Immediate` (the acknowledgement point), then
-/// commits the barrel file's transaction without an fsync (`Durability::None`): readers see
-/// it at once, and the pages it dirtied stay in memory, where later commits to the same pages
-/// coalesce. At a *checkpoint* (every [`CHECKPOINT_INTERVAL`] under load, after a second of
-/// idleness, at close, or after [`CHECKPOINT_BYTES`] of log) the barrel file's commit is made
-/// durable, and the log records it holds are trimmed. On open, the records past the file's
-/// `applied_lsn` are applied again, in order, by the same code (generated ids are fixed before
-/// logging, so replay is deterministic): a `kill -9` loses no acknowledged write.
+/// A group of writes is applied to the barrel file's open transaction while its log record
+/// (the writes as requested) is appended to the log ([`LogFile`]) and made durable with
+/// `fdatasync` (the acknowledgement point); the transaction commits later without an fsync
+/// (`Durability::None`), and the pages it dirtied stay in memory, where later commits to the
+/// same pages coalesce. At a *checkpoint* (every [`CHECKPOINT_INTERVAL`] under load, after a
+/// second of idleness, at close, or after [`CHECKPOINT_BYTES`] of log) the barrel file is made
+/// durable and the log starts a new cycle. On open, the records past the file's `applied_lsn`
+/// are applied again, in order, by the same code (generated ids are fixed before logging, so
+/// replay is deterministic): a `kill -9` loses no acknowledged write.
 #[derive(Debug)]
 struct Wal {
     log: LogThread,
@@ -754,6 +755,12 @@ impl OpenTxn {
         !self.acks.is_empty()
     }
 
+    /// Whether it holds acknowledged writes (which are then only in the log, should it be
+    /// dropped without its commit).
+    pub fn holds_acknowledged(&self) -> bool {
+        self.records.len() > self.acks.len()
+    }
+
     /// Writes applied so far.
     pub fn ops(&self) -> usize {
         self.ops
@@ -777,6 +784,12 @@ struct VisibleOnDrop<'a>(&'a Store, u64);
 impl Drop for VisibleOnDrop<'_> {
     fn drop(&mut self) {
         let mut v = self.0.visibility.lock().unwrap_or_else(|e| e.into_inner());
+        if std::thread::panicking() {
+            // The commit did not happen: the acknowledged writes are only in the log.
+            v.failed = true;
+            self.0.visible_cv.notify_all();
+            return;
+        }
         v.visible = v.visible.max(self.1);
         if v.visible >= v.acked {
             v.wanted = false;
@@ -839,6 +852,18 @@ impl LogProgress {
     }
 }
 
+/// Marks the log failed when dropped by an unwinding panic.
+struct FailOnPanic(Arc<LogProgress>);
+
+impl Drop for FailOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0
+                .advance(Err(BarrelError::Storage("the log thread panicked".into())));
+        }
+    }
+}
+
 /// The thread that appends to the write-ahead log: it takes every record queued while it
 /// synced the previous ones and makes them durable with one `fdatasync` (group commit of
 /// the log), while the writer applies the next groups to the barrel file.
@@ -869,6 +894,8 @@ impl LogThread {
         let thread = std::thread::Builder::new()
             .name(name)
             .spawn(move || {
+                // Should this thread panic, the writer hears of it instead of waiting forever.
+                let _failed = FailOnPanic(prog.clone());
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while batch.len() < LOG_QUEUE {
@@ -977,6 +1004,14 @@ impl Store {
             .into_iter()
             .filter(|(lsn, _)| *lsn > applied)
             .collect();
+        if pending.first().is_some_and(|(lsn, _)| *lsn != applied + 1) {
+            return Err(BarrelError::Storage(format!(
+                "{}: the write-ahead log continues at record {} but the barrel file holds \
+                 records up to {applied} (is it another barrel's log?)",
+                wal_path.display(),
+                pending[0].0
+            )));
+        }
         let store = Self {
             db: RwLock::new(Some(db)),
             wal: Mutex::new(Some(Wal {
@@ -1037,8 +1072,13 @@ impl Store {
         }
         if replayed > 0 {
             tracing::info!(file = %self.path.display(), records = replayed, "replayed the write-ahead log");
+            // Durable, and a new log cycle.
+            Self::checkpoint_locked(db, wal)
+        } else {
+            // Every record is in the durable file: a new cycle (a new salt), so that this
+            // run's records never continue the last run's.
+            wal.log.file()?.restart()
         }
-        Self::checkpoint_locked(db, wal)
     }
 
     /// Makes the barrel file durable and starts a new log cycle, if the file is behind the
@@ -1060,7 +1100,8 @@ impl Store {
     }
 
     fn checkpoint_locked(db: &Database, wal: &mut Wal) -> Result<(), BarrelError> {
-        if wal.poisoned {
+        if wal.poisoned || wal.log.progress.get().1.is_some() {
+            wal.poisoned = true;
             return Err(poisoned());
         }
         if wal.dirty {
@@ -1071,8 +1112,12 @@ impl Store {
             // Every record so far is in the durable file now: the next one starts a new
             // cycle at the start of the log (no fsync needed: reading the log stops at the
             // end of the current cycle).
-            debug_assert!(wal.log.idle(), "a new log cycle with records in flight");
-            wal.log.file()?.restart();
+            if !wal.log.idle() {
+                return Err(BarrelError::Storage(
+                    "a checkpoint with log records in flight".into(),
+                ));
+            }
+            wal.log.file()?.restart()?;
         }
         wal.last_checkpoint = Instant::now();
         wal.bytes_since_checkpoint = 0;
@@ -1240,7 +1285,11 @@ impl Store {
         let inline = n <= INLINE_LOG_OPS && wal.log.idle();
         if !inline {
             if let Err(e) = wal.log.submit(lsn, record.clone()) {
+                // The log thread is gone: no record can be made durable any more.
+                wal.poisoned = true;
                 ack(Err(e.clone()));
+                drop(guard);
+                self.abort_open(open, &e);
                 return Err(e);
             }
         }
@@ -1385,6 +1434,11 @@ impl Store {
         let durable = progress.map_or(Err(BarrelError::Closed), |p| p.wait(last));
         let mut open = Some(open);
         if let Err(e) = durable.and_then(|()| self.acknowledge(&mut open)) {
+            // Records were handed to the log: no later record, checkpoint or new log cycle
+            // until the barrel is reopened.
+            if let Some(w) = self.lock_wal().as_mut() {
+                w.poisoned = true;
+            }
             self.abort_open(&mut open, &e);
             return Err(e);
         }
@@ -1398,11 +1452,14 @@ impl Store {
         else {
             return Ok(Vec::new());
         };
-        // Readers wait for `visible` to reach `acked`: it does when this scope ends, even by
-        // an unwinding panic.
-        let _visible = VisibleOnDrop(self, last);
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
-        let db = db.as_ref().ok_or(BarrelError::Closed)?;
+        let Some(db) = db.as_ref() else {
+            self.poison();
+            return Err(BarrelError::Closed);
+        };
+        // Readers wait for `visible` to reach `acked`: it does when this scope ends (an
+        // unwinding panic fails the reads instead).
+        let _visible = VisibleOnDrop(self, last);
         // Committed before the log lock is taken (lock order: log, then the file's writer).
         let committed = index
             .finish(&txn)
@@ -3362,6 +3419,28 @@ mod tests {
 
     fn edit(doc: Value) -> WriteOp {
         WriteOp::Edit(cooper_protocols::document::split(doc).unwrap())
+    }
+
+    #[test]
+    fn a_log_that_does_not_continue_the_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.redb");
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        s.apply(vec![edit(json!({"_id": "a"}))]).unwrap();
+        s.close();
+        drop(s);
+        // Record 5 after a file that holds records up to 1: records 2..=4 are missing.
+        let wal = Store::wal_path(&path);
+        let mut log = match super::super::wal::LogFile::open(&wal).unwrap() {
+            super::super::wal::Opened::Log(l, _) => l,
+            super::super::wal::Opened::Legacy => unreachable!(),
+        };
+        let op = encode_op(&edit(json!({"_id": "b"})));
+        log.append(5, &encode_record(std::iter::once(op.as_slice())))
+            .unwrap();
+        drop(log);
+        let e = Store::open(&path, StoreOptions::default()).unwrap_err();
+        assert!(e.to_string().contains("continues at record 5"), "{e}");
     }
 
     #[test]

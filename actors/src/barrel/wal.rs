@@ -1,16 +1,18 @@
 //! The write-ahead log file of a barrel (`<barrel file>.wal`): an append-only file of
 //! checksummed records, one per group commit, made durable with `fdatasync`.
 //!
-//! Layout: a 4 KiB header page (magic, format), then records from offset [`HEADER`]:
-//! `len: u32 LE | crc32: u32 LE | lsn: u64 LE | payload (len bytes)`, the CRC over
-//! `lsn | len | payload`. Records carry consecutive log sequence numbers.
+//! Layout: a 4 KiB header page (magic, format, the current cycle's salt), then records from
+//! offset [`HEADER`]: `len: u32 LE | crc32: u32 LE | lsn: u64 LE | payload (len bytes)`, the
+//! CRC over `salt | lsn | len | payload`. Records carry consecutive log sequence numbers.
 //!
-//! After a checkpoint (every record is in the durable barrel file) the next record is written
-//! at [`HEADER`] again: the file keeps its blocks, so an append overwrites blocks that are
-//! already allocated and written, and its `fdatasync` flushes data only, no file metadata.
-//! Reading stops at the first record that is torn, fails its CRC or does not carry the next
-//! lsn, so the stale records after the tail of the current cycle (all older than it) are
-//! never read back.
+//! After a checkpoint (every record is in the durable barrel file) a new *cycle* starts: a
+//! new random salt is made durable in the header, and the next record is written at
+//! [`HEADER`] again. The file keeps its blocks, so an append overwrites blocks that are already
+//! allocated and written, and its `fdatasync` flushes data only, no file metadata. Reading
+//! stops at the first record that is torn, fails its CRC or does not carry the next lsn; the
+//! records of earlier cycles fail the CRC (another salt), so they are never read back, even
+//! when a torn multi-record write leaves an old record right after the new tail, or a
+//! document's bytes happen to look like a record.
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
@@ -32,11 +34,16 @@ const KEEP: u64 = 4 << 20;
 /// own (a redb database with one table).
 const REDB_MAGIC: &[u8; 9] = b"redb\x1A\x0A\xA9\x0D\x0A";
 
+/// Where the salt lies in the header page.
+const SALT_AT: usize = 16;
+
 /// An open log file.
 #[derive(Debug)]
 pub struct LogFile {
     file: File,
     path: PathBuf,
+    /// The current cycle's salt.
+    salt: u64,
     /// Bytes allocated and written (zeros or records): appends below it change no metadata.
     len: u64,
     /// Where the next record goes.
@@ -86,12 +93,14 @@ impl LogFile {
                 raw[MAGIC.len()]
             )));
         }
-        let records = scan(&raw[HEADER as usize..]);
+        let salt = u64::from_le_bytes(raw[SALT_AT..SALT_AT + 8].try_into().unwrap_or_default());
+        let records = scan(salt, &raw[HEADER as usize..]);
         let len = raw.len() as u64;
         Ok(Opened::Log(
             Self {
                 file,
                 path: path.to_owned(),
+                salt,
                 len,
                 tail: HEADER,
             },
@@ -113,9 +122,11 @@ impl LogFile {
             .create(true)
             .truncate(true)
             .open(path)?;
+        let salt = new_salt()?;
         let mut header = vec![0u8; HEADER as usize];
         header[..MAGIC.len()].copy_from_slice(MAGIC);
         header[MAGIC.len()] = FORMAT;
+        header[SALT_AT..SALT_AT + 8].copy_from_slice(&salt.to_le_bytes());
         file.write_all_at(&header, 0)?;
         file.sync_all()?;
         if let Some(dir) = path.parent() {
@@ -130,6 +141,7 @@ impl LogFile {
         Ok(Self {
             file,
             path: path.to_owned(),
+            salt,
             len: HEADER,
             tail: HEADER,
         })
@@ -153,7 +165,7 @@ impl LogFile {
                 BarrelError::Storage("a group commit's log record exceeds 4 GiB".into())
             })?;
             buf.extend_from_slice(&len.to_le_bytes());
-            buf.extend_from_slice(&checksum(lsn, len, payload).to_le_bytes());
+            buf.extend_from_slice(&checksum(self.salt, lsn, len, payload).to_le_bytes());
             buf.extend_from_slice(&lsn.to_le_bytes());
             buf.extend_from_slice(payload);
         }
@@ -181,15 +193,22 @@ impl LogFile {
         Ok(())
     }
 
-    /// Starts a new cycle: every record so far is in the durable barrel file.
-    pub fn restart(&mut self) {
+    /// Starts a new cycle (every record so far is in the durable barrel file): a new salt,
+    /// durable before any record of the cycle is written.
+    pub fn restart(&mut self) -> Result<(), BarrelError> {
+        let salt = new_salt()?;
+        self.file
+            .write_all_at(&salt.to_le_bytes(), SALT_AT as u64)?;
+        self.file.sync_data()?;
+        self.salt = salt;
         self.tail = HEADER;
+        Ok(())
     }
 
     /// [`restart`](Self::restart), and gives back the space beyond a few MiB (at an idle
     /// checkpoint: a bulk load can grow the log to tens of MiB).
     pub fn restart_and_shrink(&mut self) -> Result<(), BarrelError> {
-        self.restart();
+        self.restart()?;
         if self.len > HEADER + KEEP {
             self.file.set_len(HEADER + KEEP)?;
             self.file.sync_all()?;
@@ -211,8 +230,16 @@ impl LogFile {
     }
 }
 
-fn checksum(lsn: u64, len: u32, payload: &[u8]) -> u32 {
+fn new_salt() -> Result<u64, BarrelError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b)
+        .map_err(|e| BarrelError::Storage(format!("no randomness for the log: {e}")))?;
+    Ok(u64::from_le_bytes(b))
+}
+
+fn checksum(salt: u64, lsn: u64, len: u32, payload: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
+    h.update(&salt.to_le_bytes());
     h.update(&lsn.to_le_bytes());
     h.update(&len.to_le_bytes());
     h.update(payload);
@@ -221,7 +248,7 @@ fn checksum(lsn: u64, len: u32, payload: &[u8]) -> u32 {
 
 /// The records of the current cycle: from the start, while each is whole, passes its CRC and
 /// carries the lsn after the previous one.
-fn scan(mut raw: &[u8]) -> Vec<(u64, Vec<u8>)> {
+fn scan(salt: u64, mut raw: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
     while raw.len() >= RECORD_HEADER {
         let len = u32::from_le_bytes(raw[0..4].try_into().unwrap_or_default());
@@ -230,10 +257,13 @@ fn scan(mut raw: &[u8]) -> Vec<(u64, Vec<u8>)> {
         let Some(payload) = raw.get(RECORD_HEADER..RECORD_HEADER + len as usize) else {
             break;
         };
-        if checksum(lsn, len, payload) != crc {
+        if checksum(salt, lsn, len, payload) != crc {
             break;
         }
-        if out.last().is_some_and(|(prev, _)| lsn != prev + 1) {
+        if out
+            .last()
+            .is_some_and(|(prev, _)| prev.checked_add(1) != Some(lsn))
+        {
             break;
         }
         out.push((lsn, payload.to_vec()));
@@ -275,7 +305,7 @@ mod tests {
 
         // A new cycle after a checkpoint: the old records 2..=5 stay on disk past the tail.
         let mut l = log(&p);
-        l.restart();
+        l.restart().unwrap();
         l.append(6, &[6; 100]).unwrap();
         drop(l);
         assert_eq!(records(&p), vec![(6, vec![6; 100])]);
@@ -283,14 +313,14 @@ mod tests {
         // A new cycle whose first record ends exactly where an old one did: the old record
         // after it is whole and passes its CRC, but its lsn is not the next one.
         let mut l = log(&p);
-        l.restart();
+        l.restart().unwrap();
         l.append(7, &[7; 100]).unwrap();
         drop(l);
         assert_eq!(records(&p), vec![(7, vec![7; 100])]);
 
         // Several records in one append.
         let mut l = log(&p);
-        l.restart();
+        l.restart().unwrap();
         l.append_all(&[(8, &[8; 10]), (9, &[9; 20]), (10, &[])])
             .unwrap();
         drop(l);
@@ -298,6 +328,23 @@ mod tests {
             records(&p),
             vec![(8, vec![8; 10]), (9, vec![9; 20]), (10, vec![])]
         );
+    }
+
+    #[test]
+    fn records_of_an_earlier_cycle_fail_their_crc() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("b.redb.wal");
+        let mut l = log(&p);
+        for lsn in 5..=7u64 {
+            l.append(lsn, &[lsn as u8; 40]).unwrap();
+        }
+        // A new cycle whose first record has the length and lsn of the old first one (what
+        // a torn multi-record write could leave): the old 6 and 7 follow it, whole and
+        // with the next lsns, but made under the old salt.
+        l.restart().unwrap();
+        l.append(5, &[9; 40]).unwrap();
+        drop(l);
+        assert_eq!(records(&p), vec![(5, vec![9; 40])]);
     }
 
     #[test]
