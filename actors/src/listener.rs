@@ -605,6 +605,13 @@ mod tests {
         for chunk in ops.collect::<Vec<_>>().chunks(100) {
             b.write(chunk.to_vec()).await.unwrap();
         }
+        // Changes are published when the barrel file commits and reach the hub a little
+        // later: wait until it gave up on the subscriber that reads nothing.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while b.hub().send(CountSubscriptions).await.unwrap() > 0 {
+            assert!(std::time::Instant::now() < deadline, "never lagged");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
         let mut got = vec![1];
         let lagged = loop {
             match s.next().await {

@@ -126,10 +126,37 @@ pub fn leaf_values(body: &Map<String, Value>) -> Vec<(String, &Value)> {
 /// Top-level `_` members are skipped.
 pub fn index_entries(body: &Map<String, Value>) -> Vec<(String, &Value)> {
     let mut out = Vec::new();
+    walk_index(body, &mut |pointer, value| {
+        out.push((pointer.to_owned(), value))
+    });
+    out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| compare(a.1, b.1)));
+    out.dedup_by(|a, b| a.0 == b.0 && compare(a.1, b.1) == Ordering::Equal);
+    out
+}
+
+/// The index keys ([`index_key`]) of document `id` with `body`: those of
+/// [`index_entries`], made in one walk, sorted bytewise, without duplicates.
+pub fn index_keys(body: &Map<String, Value>, id: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    walk_index(body, &mut |pointer, value| {
+        let mut k = Vec::with_capacity(pointer.len() + id.len() + 24);
+        encode_path(pointer, &mut k);
+        encode_scalar(value, &mut k);
+        k.extend_from_slice(id.as_bytes());
+        out.push(k);
+    });
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// Calls `sink` with every (pointer, value) of [`index_entries`], unsorted, maybe repeated.
+fn walk_index<'a>(body: &'a Map<String, Value>, sink: &mut dyn FnMut(&str, &'a Value)) {
     let mut walk = IndexWalk {
         buf: String::new(),
+        scratch: String::new(),
         index_ranges: Vec::new(),
-        out: &mut out,
+        sink,
     };
     for (key, value) in body {
         if key.starts_with('_') {
@@ -140,9 +167,6 @@ pub fn index_entries(body: &Map<String, Value>) -> Vec<(String, &Value)> {
         push_escaped(&mut walk.buf, key);
         walk.visit(value);
     }
-    out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| compare(a.1, b.1)));
-    out.dedup_by(|a, b| a.0 == b.0 && compare(a.1, b.1) == Ordering::Equal);
-    out
 }
 
 /// The values found at `pointer` in `body`, where a `*` segment matches every element of an
@@ -373,9 +397,11 @@ fn push_index(buf: &mut String, i: usize) {
 struct IndexWalk<'a, 'o> {
     /// The positional pointer of the current node.
     buf: String,
+    /// Where the `*` variants of `buf` are built.
+    scratch: String,
     /// Byte ranges in `buf` of the array index segments on the current path (without `/`).
     index_ranges: Vec<(usize, usize)>,
-    out: &'o mut Vec<(String, &'a Value)>,
+    sink: &'o mut dyn FnMut(&str, &'a Value),
 }
 
 impl<'a> IndexWalk<'a, '_> {
@@ -408,26 +434,27 @@ impl<'a> IndexWalk<'a, '_> {
 
     fn leaf(&mut self, value: &'a Value) {
         let k = self.index_ranges.len();
-        self.out.push((self.buf.clone(), value));
+        (self.sink)(&self.buf, value);
         if k == 0 {
             return;
         }
         if k <= 3 {
-            // Every combination of positional / `*`, mask 0 (all positional) already pushed.
+            // Every combination of positional / `*`, mask 0 (all positional) already given.
             for mask in 1u32..(1 << k) {
-                let pointer = self.variant(|i| mask & (1 << i) != 0);
-                self.out.push((pointer, value));
+                self.variant(|i| mask & (1 << i) != 0);
+                (self.sink)(&self.scratch, value);
             }
         } else {
-            let pointer = self.variant(|_| true);
-            self.out.push((pointer, value));
+            self.variant(|_| true);
+            (self.sink)(&self.scratch, value);
         }
     }
 
-    /// The current pointer with the array index segments `i` for which `star(i)` replaced
-    /// by `*`.
-    fn variant(&self, star: impl Fn(usize) -> bool) -> String {
-        let mut s = String::with_capacity(self.buf.len());
+    /// Puts in `scratch` the current pointer with the array index segments `i` for which
+    /// `star(i)` replaced by `*`.
+    fn variant(&mut self, star: impl Fn(usize) -> bool) {
+        let s = &mut self.scratch;
+        s.clear();
         let mut last = 0;
         for (i, &(start, end)) in self.index_ranges.iter().enumerate() {
             if star(i) {
@@ -437,7 +464,6 @@ impl<'a> IndexWalk<'a, '_> {
             }
         }
         s.push_str(&self.buf[last..]);
-        s
     }
 }
 
@@ -1331,6 +1357,12 @@ mod tests {
             for (pointer, value) in leaf_values(body) {
                 prop_assert!(entries.iter().any(|(p, v)| *p == pointer && *v == value));
             }
+            // The one-walk keys are exactly the entries' keys.
+            let mut keys: Vec<Vec<u8>> =
+                entries.iter().map(|(p, v)| index_key(p, v, "doc")).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            prop_assert_eq!(index_keys(body, "doc"), keys);
         }
     }
 

@@ -373,17 +373,7 @@ impl Hint {
 
 /// The index keys of a document's body, sorted, without duplicates.
 fn index_keys(id: &str, body: Option<&Map<String, Value>>) -> Vec<Vec<u8>> {
-    let mut keys: Vec<Vec<u8>> = body
-        .map(|b| {
-            path::index_entries(b)
-                .into_iter()
-                .map(|(p, v)| path::index_key(&p, v, id))
-                .collect()
-        })
-        .unwrap_or_default();
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+    body.map(|b| path::index_keys(b, id)).unwrap_or_default()
 }
 
 impl Prepared {
