@@ -15,8 +15,11 @@
 //!   strictly ascending within a run.
 //! - [`RUN_META`]: run id → format byte, level (u8), entries (u64 BE), bytes (u64 BE).
 //!
-//! A higher run id is a newer run. Invariant: taken by increasing id, the levels of the runs
-//! are non-increasing (older runs have higher-or-equal levels), and every level holds at most
+//! A higher run id is a newer run. A transaction's run enters at the level of its size,
+//! `⌊log_FANOUT(entries)⌋` (so a bulk load's large runs are merged with runs of their size,
+//! not with each small run that follows). Invariant: taken by increasing id, the levels of
+//! the runs are non-increasing (older runs have higher-or-equal levels; a larger new run is
+//! merged at once with the smaller runs before it), and every level holds at most
 //! `FANOUT - 1` runs after a commit. A level-`L + 1` run is only made by merging all runs of
 //! level `L`, at a moment when no run of a lower level exists; so the runs of the lowest
 //! populated level are always the newest runs, and the merge's output, given a new highest id,
@@ -505,7 +508,11 @@ impl RunWriter {
                 run.push(blocks, &key, live)?;
             }
         }
-        run.finish(blocks, meta, 0)?;
+        // A run enters at the level of its size, as if compaction had built it: a bulk
+        // load's large runs are then merged with runs of their size, not with every small
+        // commit's run that follows them.
+        let level = level_of(run.entries);
+        run.finish(blocks, meta, level)?;
         compact(blocks, meta)
     }
 }
@@ -525,21 +532,32 @@ pub fn rebuild(
     for key in keys {
         run.push(&mut blocks, &key?, true)?;
     }
-    let level = run.entries.max(1).ilog(FANOUT as u64);
-    run.finish(
-        &mut blocks,
-        &mut meta,
-        u8::try_from(level).unwrap_or(u8::MAX),
-    )?;
+    let level = level_of(run.entries);
+    run.finish(&mut blocks, &mut meta, level)?;
     Ok(())
+}
+
+/// The level of a run of `entries` entries: `⌊log_FANOUT(entries)⌋`, the level compaction
+/// would have built it at from single-entry runs.
+fn level_of(entries: u64) -> u8 {
+    u8::try_from(entries.max(1).ilog(FANOUT as u64)).unwrap_or(u8::MAX)
 }
 
 /// The next merge to make among `runs` (oldest first), if any: the index of the oldest input
 /// (the inputs are that run and every newer one) and the output's level.
 fn next_merge(runs: &[RunInfo]) -> Option<(usize, u8)> {
-    // Repair a broken invariant (a newer run on a higher level than an older one) by merging
-    // from the first violation, at the highest level merged.
-    if let Some(i) = runs.windows(2).position(|w| w[0].level < w[1].level) {
+    // Repair a broken invariant (a newer run on a higher level than an older one: a large
+    // transaction's run after small ones) in one merge: from the oldest run below a newer
+    // run's level, at the highest level merged.
+    let mut newer_max = None;
+    let mut first = None;
+    for (i, r) in runs.iter().enumerate().rev() {
+        if newer_max.is_some_and(|m| r.level < m) {
+            first = Some(i);
+        }
+        newer_max = newer_max.max(Some(r.level));
+    }
+    if let Some(i) = first {
         let level = runs[i..].iter().map(|r| r.level).max().unwrap_or(0);
         return Some((i, level));
     }
@@ -1102,6 +1120,33 @@ mod tests {
         assert!(top >= 3, "reached level {top}");
         let b = (Bound::Included(key(10)), Bound::Excluded(key(41)));
         db.check(&model, &[b]);
+    }
+
+    #[test]
+    fn runs_enter_at_the_level_of_their_size() {
+        let db = test_db();
+        let mut model = Model::new();
+        for i in 0..3u8 {
+            db.apply(&[(vec![b'a', i], true)], &mut model).unwrap();
+        }
+        // A large transaction after small ones: one merge of them all, at its level.
+        let big: Vec<(Vec<u8>, bool)> = (0..600u16)
+            .map(|i| (format!("b{i:04}").into_bytes(), true))
+            .collect();
+        db.apply(&big, &mut model).unwrap();
+        let runs = db.runs();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        assert_eq!(runs[0].level, 3, "⌊log8(603)⌋");
+        let large = runs[0];
+        // Small transactions after it do not rewrite it.
+        for i in 0..FANOUT as u8 - 1 {
+            db.apply(&[(vec![b'c', i], true)], &mut model).unwrap();
+        }
+        let runs = db.runs();
+        check_shape(&runs);
+        assert_eq!(runs[0], large);
+        assert_eq!(runs.len(), FANOUT);
+        db.check(&model, &[]);
     }
 
     fn rebuild_key(i: u64) -> Vec<u8> {
