@@ -711,7 +711,7 @@ impl Endpoint for HttpEndpoint {
     }
 
     fn fetches_in_flight(&self) -> usize {
-        4
+        2
     }
 
     fn bulk_docs<'a>(&'a self, docs: &'a mut [Revision]) -> LocalBoxFuture<'a, Res<usize>> {
