@@ -605,6 +605,14 @@ impl BarrelHandle {
         self.store.revs_diff(asked)
     }
 
+    /// [`BarrelHandle::revs_diff`] on what is committed; see [`Store::revs_diff_committed`].
+    pub fn revs_diff_committed(
+        &self,
+        asked: &BTreeMap<String, Vec<Rev>>,
+    ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
+        self.store.revs_diff_committed(asked)
+    }
+
     /// Counts, update seq and file size.
     pub fn counts(&self) -> Result<BarrelCounts, BarrelError> {
         self.store.counts()

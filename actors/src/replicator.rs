@@ -270,9 +270,12 @@ impl Endpoint for LocalEndpoint {
         asked: BTreeMap<String, Vec<Rev>>,
     ) -> LocalBoxFuture<'_, Res<BTreeMap<String, Vec<Rev>>>> {
         Box::pin(async move {
+            // The writer of this replication may have written the batch before this one
+            // without its commit yet: its documents are not asked again (a new batch holds
+            // other changes), and one that is comes back as a no-op write.
             Ok(self
                 .barrel
-                .revs_diff(&asked)?
+                .revs_diff_committed(&asked)?
                 .into_iter()
                 .map(|(id, d)| (id, d.missing))
                 .collect())

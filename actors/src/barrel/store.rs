@@ -1669,7 +1669,29 @@ impl Store {
         &self,
         asked: &BTreeMap<String, Vec<Rev>>,
     ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
-        let txn = self.read()?;
+        self.revs_diff_in(&self.read()?, asked)
+    }
+
+    /// [`Store::revs_diff`] on what is committed, without waiting for writes acknowledged
+    /// but not committed yet (nor asking for their commit): a revision written just before
+    /// may be reported missing. For a replicator writing to this store while it reads the
+    /// next batch: such a revision is then written again, which changes nothing.
+    pub fn revs_diff_committed(
+        &self,
+        asked: &BTreeMap<String, Vec<Rev>>,
+    ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
+        let txn = {
+            let db = self.db.read().unwrap_or_else(|e| e.into_inner());
+            db.as_ref().ok_or(BarrelError::Closed)?.begin_read()?
+        };
+        self.revs_diff_in(&txn, asked)
+    }
+
+    fn revs_diff_in(
+        &self,
+        txn: &ReadTransaction,
+        asked: &BTreeMap<String, Vec<Rev>>,
+    ) -> Result<BTreeMap<String, RevsDiff>, BarrelError> {
         let docs = txn.open_table(DOCS)?;
         let mut out = BTreeMap::new();
         for (id, revs) in asked {
