@@ -1387,8 +1387,12 @@ impl Store {
     pub fn abort_open(&self, open: &mut Option<OpenTxn>, error: &BarrelError) {
         let Some(o) = open.take() else { return };
         let acked = o.records.len() > o.acks.len();
+        // Their records may be durable already: the next open then applies them.
+        let unknown = BarrelError::Storage(format!(
+            "{error}; the write may still be applied when the barrel is reopened"
+        ));
         for (_, _, ack) in o.acks {
-            ack(Err(error.clone()));
+            ack(Err(unknown.clone()));
         }
         if acked {
             self.fail_reads();
