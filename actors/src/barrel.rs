@@ -505,6 +505,17 @@ impl BarrelHandle {
             .map_err(|_| BarrelError::Closed)?
     }
 
+    /// Queues a batch at once (encoded on this thread) and returns its results' future: a
+    /// caller can prepare the next batch while the writer applies this one.
+    pub fn submit(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<impl std::future::Future<Output = Result<WriteResults, BarrelError>>, BarrelError>
+    {
+        let request = self.addr.send(WritePrepared(Prepared::new(ops)?));
+        Ok(async move { request.await.map_err(|_| BarrelError::Closed)? })
+    }
+
     /// Writes one operation.
     pub async fn write_one(&self, op: WriteOp) -> Result<WriteResult, BarrelError> {
         self.write(vec![op])

@@ -226,6 +226,9 @@ fn yes() -> bool {
     true
 }
 
+/// Documents of a `_bulk_docs` request handed to the writer at a time.
+const BULK_PART: usize = 250;
+
 /// `POST /barrels/{b}/_bulk_docs`
 pub async fn bulk(
     req: HttpRequest,
@@ -247,8 +250,11 @@ pub async fn bulk(
             "the body must be {{\"docs\": [...], \"new_edits\": true|false}}: {e}"
         ))
     })?;
-    // Documents that fail to parse get their error in their slot; the rest are written.
-    let mut ops = Vec::with_capacity(bulk.docs.len());
+    // Documents that fail to parse get their error in their slot; the rest are written, in
+    // parts of BULK_PART handed to the writer as soon as each is parsed (the writer applies
+    // one while the next is parsed; each write stands alone, as in CouchDB).
+    let mut parts = Vec::new();
+    let mut ops = Vec::with_capacity(bulk.docs.len().min(BULK_PART));
     let mut slots: Vec<(Option<String>, Option<ApiError>)> = Vec::with_capacity(bulk.docs.len());
     for raw in &bulk.docs {
         match parse_bulk_doc(
@@ -264,11 +270,25 @@ pub async fn bulk(
                 };
                 ops.push(op);
                 slots.push((id, None));
+                if ops.len() == BULK_PART {
+                    parts.push((BULK_PART, barrel.submit(std::mem::take(&mut ops))?));
+                }
             }
             Err((id, e)) => slots.push((id, Some(e))),
         }
     }
-    let mut results = barrel.write(ops).await?.into_iter();
+    if !ops.is_empty() {
+        parts.push((ops.len(), barrel.submit(ops)?));
+    }
+    let mut written = Vec::with_capacity(slots.len());
+    for (n, part) in parts {
+        match part.await {
+            Ok(r) => written.extend(r),
+            // A part that failed as a whole fails each of its documents.
+            Err(e) => written.extend(std::iter::repeat_n(Err(e), n)),
+        }
+    }
+    let mut results = written.into_iter();
     let out: Vec<Value> = slots
         .into_iter()
         .map(|(id, failed)| {
