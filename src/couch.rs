@@ -49,12 +49,7 @@ pub fn couch_doc_owned(
     mut doc: DocRevision,
     attachments: bool,
 ) -> Result<Value, ApiError> {
-    let body = std::mem::take(&mut doc.body);
-    let v = DocRevision {
-        body,
-        ..doc.clone()
-    }
-    .into_json();
+    let v = doc.take_json();
     with_attachments(barrel, &doc, v, attachments)
 }
 

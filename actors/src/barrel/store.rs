@@ -264,8 +264,9 @@ impl DocRevision {
         self.add_members(m)
     }
 
-    /// [`DocRevision::to_json`], moving the body instead of copying it.
-    pub fn into_json(mut self) -> Value {
+    /// [`DocRevision::to_json`], moving the body out instead of copying it (it is left
+    /// empty).
+    pub fn take_json(&mut self) -> Value {
         let m = std::mem::take(&mut self.body);
         self.add_members(m)
     }
@@ -975,9 +976,10 @@ impl Store {
             Opened::Log(log, records) => (log, records),
             Opened::Legacy => {
                 let records = legacy_records(&Database::create(&wal_path)?)?;
-                let pending = records.iter().filter(|(lsn, _)| *lsn > applied).count();
+                let mut pending = 0;
                 for (lsn, raw) in records.iter().filter(|(lsn, _)| *lsn > applied) {
                     reapply_record(&db, &options, *lsn, raw)?;
+                    pending += 1;
                 }
                 // Durable before the old log goes.
                 let mut txn = db.begin_write()?;
@@ -1072,14 +1074,16 @@ impl Store {
     }
 
     /// Makes the barrel file durable and starts a new log cycle, if the file is behind the
-    /// log; gives back log space beyond a few MiB (the writer calls it when idle).
+    /// log; then gives back log space beyond a few MiB (the writer calls it when idle).
     pub fn checkpoint(&self) -> Result<(), BarrelError> {
         let db = self.db.read().unwrap_or_else(|e| e.into_inner());
         let db = db.as_ref().ok_or(BarrelError::Closed)?;
         let mut guard = self.lock_wal();
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         Self::checkpoint_locked(db, wal)?;
-        wal.log.file().and_then(|mut f| f.restart_and_shrink())
+        // The cycle is empty now (a checkpoint runs without an open transaction, so every
+        // record so far is in the file that `checkpoint_locked` made durable).
+        wal.log.file().and_then(|mut f| f.shrink())
     }
 
     /// Whether the barrel file has commits that are not durable yet (the writer checkpoints

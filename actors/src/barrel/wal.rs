@@ -205,11 +205,10 @@ impl LogFile {
         Ok(())
     }
 
-    /// [`restart`](Self::restart), and gives back the space beyond a few MiB (at an idle
-    /// checkpoint: a bulk load can grow the log to tens of MiB).
-    pub fn restart_and_shrink(&mut self) -> Result<(), BarrelError> {
-        self.restart()?;
-        if self.len > HEADER + KEEP {
+    /// Gives back the space beyond a few MiB when the current cycle holds no record (at an
+    /// idle checkpoint: a bulk load can grow the log to tens of MiB).
+    pub fn shrink(&mut self) -> Result<(), BarrelError> {
+        if self.tail == HEADER && self.len > HEADER + KEEP {
             self.file.set_len(HEADER + KEEP)?;
             self.file.sync_all()?;
             self.len = HEADER + KEEP;
@@ -403,7 +402,8 @@ mod tests {
             l.append(lsn, &big).unwrap();
         }
         assert!(l.size() > HEADER + KEEP);
-        l.restart_and_shrink().unwrap();
+        l.restart().unwrap();
+        l.shrink().unwrap();
         assert_eq!(l.size(), HEADER + KEEP);
         l.append(13, b"after").unwrap();
         drop(l);
