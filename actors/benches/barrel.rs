@@ -65,6 +65,10 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTableMetadata, TableD
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
+/// The allocator of the `cooper` binary, so that the figures are those of a node.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 // The store's tables, as `actors/src/barrel/store.rs` defines them.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("docs");

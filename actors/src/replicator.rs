@@ -960,14 +960,35 @@ pub async fn replicate_once(
         // Batches committed by the target but not yet in the checkpoint, and the last seq.
         let (mut pending, mut done) = (false, String::new());
         let mut recorded: Option<Instant> = None;
-        while let Some(step) = rx.recv().await {
-            match step {
-                Step::Docs(docs) => {
-                    let (w, f) = write_all(target, docs).await?;
+        // The steps taken from the reader, in order: writes in flight (the target works on
+        // one while the next is prepared and sent) and the marks after them, each handled
+        // once every write before it is acknowledged.
+        let mut queue: FuturesOrdered<LocalBoxFuture<'_, Done>> = FuturesOrdered::new();
+        let mut reading = true;
+        loop {
+            let next = tokio::select! {
+                biased;
+                Some(done) = queue.next(), if !queue.is_empty() => done,
+                step = rx.recv(), if reading && queue.len() < STEPS_IN_FLIGHT => {
+                    match step {
+                        Some(Step::Docs(docs)) => queue.push_back(Box::pin(async move {
+                            Done::Wrote(write_all(target, docs).await)
+                        })),
+                        Some(step) => queue.push_back(Box::pin(std::future::ready(Done::Step(step)))),
+                        None => reading = false,
+                    }
+                    continue;
+                }
+                else => return Ok(()),
+            };
+            match next {
+                Done::Wrote(r) => {
+                    let (w, f) = r?;
                     written += w;
                     failed += f;
                 }
-                Step::Batch { read, last_seq } => {
+                Done::Step(Step::Docs(_)) => {}
+                Done::Step(Step::Batch { read, last_seq }) => {
                     done = last_seq;
                     pending = true;
                     // The target acknowledged the batch (its bulk_docs answered); the
@@ -989,7 +1010,7 @@ pub async fn replicate_once(
                     read_total.increment(read);
                     (written, failed) = (0, 0);
                 }
-                Step::CaughtUp(idle) => {
+                Done::Step(Step::CaughtUp(idle)) => {
                     if pending {
                         checkpoint.record(source, target, &done).await?;
                         pending = false;
@@ -1001,10 +1022,9 @@ pub async fn replicate_once(
                     // The reader may wait for changes now.
                     let _ = idle.send(());
                 }
-                Step::Failed(e) => return Err(e),
+                Done::Step(Step::Failed(e)) => return Err(e),
             }
         }
-        Ok(())
     };
     let mut writer = std::pin::pin!(writer);
     tokio::select! {
@@ -1012,6 +1032,18 @@ pub async fn replicate_once(
         r = &mut writer => r,
         () = reader => writer.await,
     }
+}
+
+/// Steps of [`replicate_once`]'s writer in flight at once: with a batch's documents and its
+/// end mark, two batches.
+const STEPS_IN_FLIGHT: usize = 4;
+
+/// What a step of [`replicate_once`]'s writer gives when its turn comes.
+enum Done {
+    /// A `Docs` step written: (written, failed).
+    Wrote(Res<(u64, u64)>),
+    /// Any other step, after every write before it.
+    Step(Step),
 }
 
 /// What the reader of [`replicate_once`] hands its writer, in order.
