@@ -14,8 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -25,7 +24,7 @@ use actix::{
 use cooper_protocols::document::{self, IncomingDoc};
 use cooper_protocols::ids::{BarrelName, Rev};
 use serde_json::Value;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 pub mod runs;
 pub mod store;
@@ -89,31 +88,24 @@ pub struct Barrel {
     closed: bool,
 }
 
-/// What the actor (which starts, restarts and stops the writer thread), the writer thread
-/// and every handle share:
-/// - the writer thread's queue: a handle queues its writes straight to the writer thread and
-///   gets its answer straight from it, without two hops through the actor's arbiter thread;
-///   empty before the first writer starts and after [`Close`] (a handle that finds it empty
-///   or its thread gone asks the actor, which starts the writer again or answers `Closed`);
-/// - the open transaction of the barrel file (see [`Store::apply_group`]): a lone write
-///   that finds the writer idle, its queue empty and nothing on its way to the log is
-///   applied and logged on the caller's thread. Each hand-off between threads is a
-///   cross-thread wake-up (about 45 µs apiece on a 2-core VM); a lone writer would pay two
-///   on every write. The writer thread still commits that transaction (after
-///   [`store::TXN_MAX_AGE`], when full, or when a reader asks) and checkpoints.
+/// The writer thread's queue, shared by the actor (which starts, restarts and stops the
+/// thread) and every handle: a handle queues its writes straight to the writer thread and
+/// gets its answer straight from it, without two hops through the actor's arbiter thread
+/// (each a cross-thread wake-up, about 45 µs apiece on a 2-core VM). Empty before the first
+/// writer starts and after [`Close`]; a handle that finds it empty or its thread gone asks
+/// the actor, which starts the writer again (or answers `Closed`).
 #[derive(Debug, Clone, Default)]
-struct WriterLink(Arc<LinkInner>);
+struct WriterLink(Arc<Mutex<Option<mpsc::Sender<WriteJob>>>>);
 
-#[derive(Debug, Default)]
-struct LinkInner {
-    tx: Mutex<Option<mpsc::Sender<WriteJob>>>,
-    open: Mutex<Option<OpenTxn>>,
-    /// The writer thread waits with no open transaction: a caller that opens one wakes it.
-    parked: AtomicBool,
-    wake: Notify,
-    /// Writes applied on their caller's thread.
-    #[cfg(test)]
-    applied_here: std::sync::atomic::AtomicUsize,
+impl WriterLink {
+    fn get(&self) -> Option<mpsc::Sender<WriteJob>> {
+        let tx = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        tx.as_ref().filter(|tx| !tx.is_closed()).cloned()
+    }
+
+    fn set(&self, tx: Option<mpsc::Sender<WriteJob>>) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = tx;
+    }
 }
 
 #[derive(Debug)]
@@ -126,21 +118,6 @@ struct WriterThread {
 struct WriteJob {
     ops: Prepared,
     reply: oneshot::Sender<Result<WriteResults, BarrelError>>,
-}
-
-impl WriterLink {
-    fn get(&self) -> Option<mpsc::Sender<WriteJob>> {
-        let tx = self.0.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        tx.as_ref().filter(|tx| !tx.is_closed()).cloned()
-    }
-
-    fn set(&self, tx: Option<mpsc::Sender<WriteJob>>) {
-        *self.0.tx.lock().unwrap_or_else(PoisonError::into_inner) = tx;
-    }
-
-    fn open(&self) -> MutexGuard<'_, Option<OpenTxn>> {
-        self.0.open.lock().unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl Barrel {
@@ -195,10 +172,9 @@ impl Barrel {
         let store = self.store.clone();
         let events = self.events.clone();
         let name = self.name.clone();
-        let link = self.link.clone();
         let thread = std::thread::Builder::new()
             .name(format!("barrel-{}", self.name))
-            .spawn(move || writer_loop(&name, &store, rx, &events, &link))
+            .spawn(move || writer_loop(&name, &store, rx, &events))
             .expect("spawn a barrel writer thread");
         self.link.set(Some(tx.clone()));
         self.writer = Some(WriterThread { tx, thread });
@@ -291,31 +267,26 @@ impl Handler<Poison> for Barrel {
 /// What the writer does next.
 enum Next {
     Job(WriteJob),
+    /// Answer the groups whose log records became durable.
     Acknowledge,
+    /// Commit the open transaction.
     Commit,
+    /// Nothing to do for a while: checkpoint.
     Idle,
-    /// A caller applied a write: look again.
-    Look,
     Closed,
 }
 
-/// What the writer thread waits for.
-enum Wait {
-    /// Nothing: commit now.
-    Nothing,
-    /// With an open transaction: writes, its log records, a reader's request, its deadline.
-    Open { deadline: Instant, log: bool },
-    /// Without one: writes, a caller's transaction, and a checkpoint when idle.
-    Parked { checkpoint: bool },
-}
-
+/// Takes queued writes in groups and applies each group inside the barrel file's open
+/// transaction, answering its writers as soon as its log record is durable; commits the
+/// transaction (which makes the groups visible) when a reader asks for them, after
+/// [`store::TXN_MAX_AGE`], or when it is full, then publishes the changes.
 fn writer_loop(
     name: &BarrelName,
     store: &Store,
     mut rx: mpsc::Receiver<WriteJob>,
     events: &broadcast::Sender<Arc<DocumentChanged>>,
-    link: &WriterLink,
 ) {
+    // A small runtime of the writer thread's own, to wait for work with a timeout.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -326,64 +297,46 @@ fn writer_loop(
             return;
         }
     };
-    let _guard = OpenGuard { store, link };
-    let shared = &link.0;
+    let mut open = OpenGuard { store, open: None };
+    let open = &mut open.open;
     loop {
-        let wait = {
-            let open = link.open();
-            match &*open {
-                Some(o)
-                    if o.is_full()
-                        || store.commit_wanted()
-                        || o.started().elapsed() >= store::TXN_MAX_AGE
-                        || (o.ops() >= EAGER_COMMIT_OPS && rx.is_empty()) =>
-                {
-                    Wait::Nothing
-                }
-                Some(o) => Wait::Open {
-                    deadline: o.started() + store::TXN_MAX_AGE,
-                    log: o.has_unacknowledged(),
-                },
-                None => {
-                    // Set under the lock: a caller that opens a transaction after this sees
-                    // it and wakes this thread.
-                    shared.parked.store(true, Ordering::SeqCst);
-                    Wait::Parked {
-                        checkpoint: store.needs_checkpoint(),
-                    }
-                }
+        let next = match &*open {
+            Some(o)
+                if o.is_full()
+                    || store.commit_wanted()
+                    || o.started().elapsed() >= store::TXN_MAX_AGE
+                    // Large enough to be worth its commit, and nothing waits: commit now,
+                    // before a reader (often the writer, reading back) has to ask.
+                    || (o.ops() >= EAGER_COMMIT_OPS && rx.is_empty()) =>
+            {
+                Next::Commit
             }
-        };
-        let next = match wait {
-            Wait::Nothing => Next::Commit,
-            Wait::Open { deadline, log } => rt.block_on(async {
-                tokio::select! {
-                    job = rx.recv() => job.map_or(Next::Closed, Next::Job),
-                    () = store.log_progressed(), if log => Next::Acknowledge,
-                    () = store.commit_requested() => Next::Commit,
-                    () = tokio::time::sleep_until(deadline.into()) => Next::Commit,
-                    () = shared.wake.notified() => Next::Look,
-                }
-            }),
-            Wait::Parked { checkpoint } => {
-                let next = rt.block_on(async {
+            Some(o) => {
+                let deadline = tokio::time::Instant::from_std(o.started() + store::TXN_MAX_AGE);
+                let waits_for_log = o.has_unacknowledged();
+                rt.block_on(async {
                     tokio::select! {
                         job = rx.recv() => job.map_or(Next::Closed, Next::Job),
-                        () = shared.wake.notified() => Next::Look,
-                        () = tokio::time::sleep(store::CHECKPOINT_INTERVAL), if checkpoint => {
-                            Next::Idle
-                        }
+                        () = store.log_progressed(), if waits_for_log => Next::Acknowledge,
+                        () = store.commit_requested() => Next::Commit,
+                        () = tokio::time::sleep_until(deadline) => Next::Commit,
                     }
-                });
-                shared.parked.store(false, Ordering::SeqCst);
-                next
+                })
             }
+            None if store.needs_checkpoint() => {
+                let wait =
+                    async { tokio::time::timeout(store::CHECKPOINT_INTERVAL, rx.recv()).await };
+                match rt.block_on(wait) {
+                    Ok(job) => job.map_or(Next::Closed, Next::Job),
+                    Err(_) => Next::Idle,
+                }
+            }
+            None => rx.blocking_recv().map_or(Next::Closed, Next::Job),
         };
-        let mut open = link.open();
         match next {
-            Next::Job(first) => group_commit(name, store, &mut open, &mut rx, first),
+            Next::Job(first) => group_commit(name, store, open, &mut rx, first),
             Next::Acknowledge => {
-                if let Err(e) = store.acknowledge(&mut open) {
+                if let Err(e) = store.acknowledge(open) {
                     tracing::error!(barrel = %name, error = %e, "group commit failed");
                 }
             }
@@ -392,20 +345,19 @@ fn writer_loop(
                     commit(name, store, o, events);
                 }
             }
-            // A caller may have opened a transaction meanwhile: the checkpoint waits for it.
-            Next::Idle if open.is_none() => {
+            Next::Idle => {
+                // Idle: make the barrel file durable and start a new log cycle.
                 if let Err(e) = store.checkpoint() {
                     tracing::warn!(barrel = %name, error = %e, "checkpoint failed");
                 }
             }
-            Next::Idle | Next::Look => {}
             Next::Closed => break,
         }
     }
-    let mut open = link.open();
     if let Some(o) = open.take() {
         commit(name, store, o, events);
     }
+    // The writer can stop without the store closing (a restarted actor starts another).
     if let Err(e) = store.checkpoint() {
         if !matches!(e, BarrelError::Closed) {
             tracing::warn!(barrel = %name, error = %e, "checkpoint at stop failed");
@@ -413,29 +365,22 @@ fn writer_loop(
     }
 }
 
-/// Drops the open transaction when the writer thread unwinds; should it hold acknowledged
-/// writes, reads fail until the barrel is reopened (they are in the log).
+/// The writer's open transaction: dropped by a panic while it holds acknowledged writes, it
+/// fails the store (reads and writes) until it is reopened, which applies them from the log.
 struct OpenGuard<'a> {
     store: &'a Store,
-    link: &'a WriterLink,
+    open: Option<OpenTxn>,
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
-        if !std::thread::panicking() {
-            return;
-        }
-        if self
-            .link
-            .open()
-            .take()
-            .is_some_and(|o| o.holds_acknowledged())
-        {
+        if self.open.take().is_some_and(|o| o.holds_acknowledged()) {
             self.store.poison();
         }
     }
 }
 
+/// Applies `first` and the writes queued behind it as one group in the open transaction.
 fn group_commit(
     name: &BarrelName,
     store: &Store,
@@ -462,7 +407,9 @@ fn group_commit(
         ops.append(job.ops);
         replies.push(job.reply);
     }
+    let started = Instant::now();
     let requests = sizes.len();
+    // Writers are answered as soon as the group is durable (see `Store::apply_group`).
     let ack: Ack = Box::new(move |outcome| match outcome {
         Ok(results) => {
             let mut results = results.into_iter();
@@ -476,21 +423,6 @@ fn group_commit(
             }
         }
     });
-    apply(name, store, open, ops, ack, requests);
-}
-
-/// Applies a group of `requests` write requests to the open transaction (on the writer
-/// thread, or on a caller's: see [`WriterLink`]); a panic poisons the store.
-fn apply(
-    name: &BarrelName,
-    store: &Store,
-    open: &mut Option<OpenTxn>,
-    ops: Prepared,
-    ack: Ack,
-    requests: usize,
-) {
-    let count = ops.len();
-    let started = Instant::now();
     let outcome = catch_unwind(AssertUnwindSafe(|| store.apply_group(open, ops, ack)));
     let elapsed = started.elapsed();
     metrics::histogram!("cooper_commit_seconds").record(elapsed.as_secs_f64());
@@ -499,8 +431,10 @@ fn apply(
         micros = elapsed.as_micros() as u64, "group commit");
     match outcome {
         Ok(Ok(())) => {}
+        // The writers have their answer.
         Ok(Err(e)) => tracing::error!(barrel = %name, error = %e, "group commit failed"),
         Err(_) => {
+            // Unanswered writers see their reply channel dropped.
             tracing::error!(barrel = %name, "group commit panicked; the barrel refuses writes until it is reopened");
             open.take();
             store.poison();
@@ -508,6 +442,7 @@ fn apply(
     }
 }
 
+/// Commits the open transaction and publishes its changes.
 fn commit(
     name: &BarrelName,
     store: &Store,
@@ -612,14 +547,6 @@ impl BarrelHandle {
         let queued = match self.link.get() {
             Some(tx) => {
                 let (reply, answer) = oneshot::channel();
-                let (ops, reply) = match self.apply_here(&tx, ops, reply) {
-                    Ok(()) => {
-                        return futures_util::future::Either::Left(async move {
-                            answer.await.unwrap_or(Err(BarrelError::Closed))
-                        })
-                    }
-                    Err(back) => back,
-                };
                 match tx.try_send(WriteJob { ops, reply }) {
                     Ok(()) => Queued::Writer(answer),
                     Err(mpsc::error::TrySendError::Full(job)) => Queued::Full(tx, job, answer),
@@ -631,7 +558,7 @@ impl BarrelHandle {
             None => Queued::Actor(self.addr.send(WritePrepared(ops))),
         };
         let addr = self.addr.clone();
-        futures_util::future::Either::Right(async move {
+        async move {
             let answer = match queued {
                 Queued::Writer(answer) => answer,
                 Queued::Full(tx, job, answer) => match tx.send(job).await {
@@ -648,40 +575,7 @@ impl BarrelHandle {
                 }
             };
             answer.await.unwrap_or(Err(BarrelError::Closed))
-        })
-    }
-
-    /// Applies a lone write on this thread when the writer thread is idle, its queue empty
-    /// and nothing on its way to the log (see [`WriterLink`]); gives the write back
-    /// otherwise.
-    fn apply_here(
-        &self,
-        tx: &mpsc::Sender<WriteJob>,
-        ops: Prepared,
-        reply: oneshot::Sender<Result<WriteResults, BarrelError>>,
-    ) -> Result<(), (Prepared, oneshot::Sender<Result<WriteResults, BarrelError>>)> {
-        if tx.capacity() < tx.max_capacity() || !self.store.logs_inline(ops.len()) {
-            return Err((ops, reply));
         }
-        let Ok(mut open) = self.link.0.open.try_lock() else {
-            return Err((ops, reply));
-        };
-        let ack: Ack = Box::new(move |outcome| {
-            let _ = reply.send(outcome);
-        });
-        apply(&self.name, &self.store, &mut open, ops, ack, 1);
-        #[cfg(test)]
-        self.link.0.applied_here.fetch_add(1, Ordering::Relaxed);
-        // The writer thread commits the transaction: wake it when it does not wait for it.
-        let wake = self.link.0.parked.load(Ordering::SeqCst)
-            || open
-                .as_ref()
-                .is_some_and(|o| o.has_unacknowledged() || o.is_full());
-        drop(open);
-        if wake {
-            self.link.0.wake.notify_one();
-        }
-        Ok(())
     }
 
     /// Queues a batch at once (encoded on this thread) and returns its results' future: a
@@ -904,53 +798,6 @@ mod tests {
             .expect("published")
             .unwrap();
         assert_eq!(got.id, "a");
-    }
-
-    #[actix_rt::test]
-    async fn lone_writes_run_on_their_callers_thread_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let b = start(&dir);
-        let mut events = b.subscribe();
-        let mut revs = Vec::new();
-        for i in 0..20 {
-            revs.push(
-                b.put(json!({"_id": format!("d{i:02}"), "n": i}))
-                    .await
-                    .unwrap()
-                    .rev,
-            );
-            if i % 5 == 0 {
-                // Let the writer thread commit and park in between.
-                tokio::time::sleep(store::TXN_MAX_AGE * 3).await;
-            }
-        }
-        assert!(
-            b.link.0.applied_here.load(Ordering::Relaxed) > 0,
-            "an idle writer leaves lone writes to their caller"
-        );
-        // The writer thread commits them (published) without a reader asking.
-        for i in 0..20u64 {
-            let got = tokio::time::timeout(std::time::Duration::from_secs(5), events.recv())
-                .await
-                .expect("published")
-                .unwrap();
-            assert_eq!(got.seq, i + 1);
-        }
-        // Mixed with queued writes from other tasks.
-        let writes = (20..120).map(|i| {
-            let b = b.clone();
-            async move { b.put(json!({"_id": format!("d{i:03}"), "n": i})).await }
-        });
-        assert!(futures_join_all(writes).await.iter().all(Result::is_ok));
-        b.addr().send(Close).await.unwrap();
-        let store = Store::open(&dir.path().join("b.redb"), Default::default()).unwrap();
-        assert_eq!(store.counts().unwrap().doc_count, 120);
-        for (i, rev) in revs.iter().enumerate() {
-            let got = store
-                .get(&format!("d{i:02}"), &GetOptions::default())
-                .unwrap();
-            assert_eq!(&got.rev.to_string(), rev);
-        }
     }
 
     #[actix_rt::test]

@@ -1086,16 +1086,6 @@ impl Store {
         wal.log.file().and_then(|mut f| f.shrink())
     }
 
-    /// Whether a lone write applied now would be logged on the applying thread: nothing is
-    /// on its way to the log file (see [`apply_group`](Self::apply_group)).
-    pub fn logs_inline(&self, ops: usize) -> bool {
-        ops <= INLINE_LOG_OPS
-            && self
-                .lock_wal()
-                .as_ref()
-                .is_some_and(|w| !w.poisoned && w.log.idle())
-    }
-
     /// Whether the barrel file has commits that are not durable yet (the writer checkpoints
     /// it when idle).
     pub fn needs_checkpoint(&self) -> bool {
