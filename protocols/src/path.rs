@@ -139,11 +139,7 @@ pub fn index_entries(body: &Map<String, Value>) -> Vec<(String, &Value)> {
 pub fn index_keys(body: &Map<String, Value>, id: &str) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     walk_index(body, &mut |pointer, value| {
-        let mut k = Vec::with_capacity(pointer.len() + id.len() + 24);
-        encode_path(pointer, &mut k);
-        encode_scalar(value, &mut k);
-        k.extend_from_slice(id.as_bytes());
-        out.push(k);
+        out.push(index_key(pointer, value, id))
     });
     out.sort_unstable();
     out.dedup();

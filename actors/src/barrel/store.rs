@@ -1059,7 +1059,7 @@ impl Store {
         let wal = guard.as_mut().ok_or(BarrelError::Closed)?;
         let replayed = pending.len();
         for (lsn, raw) in pending {
-            self.reapply(db, lsn, &raw)?;
+            reapply_record(db, &self.options, lsn, &raw)?;
             wal.dirty = true;
         }
         if replayed > 0 {
@@ -1104,8 +1104,7 @@ impl Store {
             txn.commit()?;
             wal.dirty = false;
             // Every record so far is in the durable file now: the next one starts a new
-            // cycle at the start of the log (no fsync needed: reading the log stops at the
-            // end of the current cycle).
+            // cycle at the start of the log, under a new salt made durable first.
             if !wal.log.idle() {
                 return Err(BarrelError::Storage(
                     "a checkpoint with log records in flight".into(),
@@ -1471,7 +1470,7 @@ impl Store {
             tracing::error!(file = %self.path.display(), error = %e,
                 "commit after the write-ahead log failed; applying the log records again");
             for (lsn, record) in &records {
-                if let Err(e) = self.reapply(db, *lsn, record) {
+                if let Err(e) = reapply_record(db, &self.options, *lsn, record) {
                     tracing::error!(file = %self.path.display(), error = %e,
                         "applying the log record again failed; reopen the barrel to apply the log");
                     // Later commits would move `applied_lsn` past this record and a new log
@@ -1508,11 +1507,6 @@ impl Store {
     /// asked since the last call).
     pub async fn commit_requested(&self) {
         self.commit_notify.notified().await;
-    }
-
-    /// Applies one log record to the barrel file (without fsync).
-    fn reapply(&self, db: &Database, lsn: u64, record: &[u8]) -> Result<(), BarrelError> {
-        reapply_record(db, &self.options, lsn, record)
     }
 
     /// The winner (or the revision in `opts.rev`) of a document; `NotFound` for a missing
@@ -3451,9 +3445,9 @@ mod tests {
         drop(s);
         // Record 5 after a file that holds records up to 1: records 2..=4 are missing.
         let wal = Store::wal_path(&path);
-        let mut log = match super::super::wal::LogFile::open(&wal).unwrap() {
-            super::super::wal::Opened::Log(l, _) => l,
-            super::super::wal::Opened::Legacy => unreachable!(),
+        let mut log = match LogFile::open(&wal).unwrap() {
+            Opened::Log(l, _) => l,
+            Opened::Legacy => unreachable!(),
         };
         let op = encode_op(&edit(json!({"_id": "b"})));
         log.append(5, &encode_record(std::iter::once(op.as_slice())))
